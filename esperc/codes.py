@@ -25,6 +25,7 @@ CODES: dict[str, str] = {
     "E0108": "unknown attribute in -D override",
     "E0109": "no blueprint, or unknown blueprint name",
     "E0110": "assignment to a declared input, param, dim or attr",
+    "E0111": "return is not the last statement of a body",
     # E02xx: types and shapes
     "E0201": "dtype not allowed here",
     "E0202": "wrong rank",
@@ -40,6 +41,7 @@ CODES: dict[str, str] = {
     "E0212": "invalid keyword argument value",
     "E0213": "invalid dimension range",
     "E0214": "expression is not a tensor",
+    "E0215": "constant expression out of range or not computable",
     # E03xx: resources
     "E0301": "kernel region does not fit in shared memory",
     # E04xx: target

@@ -96,9 +96,7 @@ class DiagnosticSink:
 
     diagnostics: list[Diagnostic] = field(default_factory=list)
 
-    def error(
-        self, code: str, message: str, loc: Loc | None, *notes: Note
-    ) -> None:
+    def error(self, code: str, message: str, loc: Loc | None, *notes: Note) -> None:
         self.diagnostics.append(Diagnostic(Severity.ERROR, code, message, loc, tuple(notes)))
 
     def warning(self, code: str, message: str, loc: Loc | None, *notes: Note) -> None:
@@ -127,7 +125,12 @@ def did_you_mean(name: str, candidates: Iterable[str]) -> Note | None:
 # --------------------------------------------------------------------------------------------
 # Rendering
 
-_COLORS = {"error": "\x1b[1;31m", "warning": "\x1b[1;33m", "note": "\x1b[1;36m", "help": "\x1b[1;32m"}
+_COLORS = {
+    "error": "\x1b[1;31m",
+    "warning": "\x1b[1;33m",
+    "note": "\x1b[1;36m",
+    "help": "\x1b[1;32m",
+}
 _BOLD, _BLUE, _RESET = "\x1b[1m", "\x1b[1;34m", "\x1b[0m"
 
 
@@ -149,7 +152,9 @@ def _snippet(loc: Loc, sources: dict[str, str], color: bool) -> list[str]:
     pad = " " * len(gutter)
     end_col = loc.end_col if loc.end_line in (0, loc.line) and loc.end_col > loc.col else 0
     if not end_col:  # multi-line or empty span: underline to the end of the first line
-        end_col = max(loc.col + 1, len(src.rstrip()) + 1) if loc.end_line > loc.line else loc.col + 1
+        end_col = (
+            max(loc.col + 1, len(src.rstrip()) + 1) if loc.end_line > loc.line else loc.col + 1
+        )
     width = max(1, min(end_col, len(src) + 2) - loc.col)
     caret = " " * (loc.col - 1) + "^" * width
     blue, reset = (_BLUE, _RESET) if color else ("", "")

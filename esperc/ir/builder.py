@@ -122,9 +122,7 @@ class Builder:
         self._types[value] = ty
         return value
 
-    def constant(
-        self, value: int | float | bool, dtype: DType, loc: Loc | None = None
-    ) -> str:
+    def constant(self, value: int | float | bool, dtype: DType, loc: Loc | None = None) -> str:
         return self.emit(Op.CONSTANT, [], {"dtype": dtype, "value": value}, loc)
 
     def cast(self, value: str, dtype: DType, loc: Loc | None = None) -> str:

@@ -40,7 +40,17 @@ DimExpr = Union[Num, Sym, BinOp, UnaryOp]
 ARITH = ("+", "-", "*", "//", "%")
 COMPARE = ("<", "<=", ">", ">=", "==", "!=")
 LOGIC = ("and", "or")
-_PREC = {"or": 1, "and": 2, "not": 3, **{c: 4 for c in COMPARE}, "+": 5, "-": 5, "*": 6, "//": 6, "%": 6}
+_PREC = {
+    "or": 1,
+    "and": 2,
+    "not": 3,
+    **{c: 4 for c in COMPARE},
+    "+": 5,
+    "-": 5,
+    "*": 6,
+    "//": 6,
+    "%": 6,
+}
 
 
 class DimExprError(Exception):

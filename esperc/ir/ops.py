@@ -175,7 +175,7 @@ def _unary(op: Op) -> Rule:
         if op in (Op.NEG, Op.ABS, Op.RELU, Op.FLOOR) and t.dtype is DType.BOOL:
             raise TypeRuleError("E0201", f"'{op}' is not defined on bool")
         if op is Op.GELU and attrs["approximate"] not in ("none", "tanh"):
-            raise TypeRuleError("E0212", "gelu approximate must be \"none\" or \"tanh\"")
+            raise TypeRuleError("E0212", 'gelu approximate must be "none" or "tanh"')
         return t
 
     return rule
@@ -244,9 +244,11 @@ def _reduce(op: Op) -> Rule:
         if op is Op.REDUCE_SUM and not t.dtype.is_float:
             dt = DType.I64  # torch.sum of bool/int32 gives int64
         keep = attrs["keepdim"]
-        shape = [1 if i in axes else d for i, d in enumerate(t.shape)] if keep else [
-            d for i, d in enumerate(t.shape) if i not in axes
-        ]
+        shape = (
+            [1 if i in axes else d for i, d in enumerate(t.shape)]
+            if keep
+            else [d for i, d in enumerate(t.shape) if i not in axes]
+        )
         return TensorType(dt, tuple(shape))
 
     return rule
@@ -320,9 +322,7 @@ def _reshape(ts: Sequence[TensorType], attrs: Attrs) -> TensorType:
     (t,) = ts
     shape = tuple(attrs["shape"])
     if numel(shape) != numel(t.shape):
-        raise TypeRuleError(
-            "E0206", f"cannot reshape {shape_str(t.shape)} to {shape_str(shape)}"
-        )
+        raise TypeRuleError("E0206", f"cannot reshape {shape_str(t.shape)} to {shape_str(shape)}")
     return t.with_shape(shape)
 
 
@@ -346,9 +346,7 @@ def _broadcast_to(ts: Sequence[TensorType], attrs: Attrs) -> TensorType:
     (t,) = ts
     shape = tuple(attrs["shape"])
     if broadcast_shapes(t.shape, shape) != shape:
-        raise TypeRuleError(
-            "E0203", f"cannot broadcast {shape_str(t.shape)} to {shape_str(shape)}"
-        )
+        raise TypeRuleError("E0203", f"cannot broadcast {shape_str(t.shape)} to {shape_str(shape)}")
     return t.with_shape(shape)
 
 
@@ -366,7 +364,9 @@ def _concat(ts: Sequence[TensorType], attrs: Attrs) -> TensorType:
                 f"concat operands {shape_str(first.shape)} and {shape_str(t.shape)} differ "
                 f"outside axis {axis}",
             )
-        total = t.shape[axis] + total if isinstance(t.shape[axis], SymDim) else total + t.shape[axis]
+        total = (
+            t.shape[axis] + total if isinstance(t.shape[axis], SymDim) else total + t.shape[axis]
+        )
     shape = list(first.shape)
     shape[axis] = total
     return TensorType(dt, tuple(shape))

@@ -38,7 +38,11 @@ def func_to_json(f: Func) -> dict[str, Any]:
         ],
         "results": list(f.results),
         "regions": [
-            {"name": r.name, "members": list(r.members), "attrs": {k: format_value(v) for k, v in r.attrs}}
+            {
+                "name": r.name,
+                "members": list(r.members),
+                "attrs": {k: format_value(v) for k, v in r.attrs},
+            }
             for r in f.regions
         ],
     }
@@ -77,7 +81,9 @@ def func_from_json(d: dict[str, Any]) -> Func:
 
 def to_json(m: Module | Func) -> str:
     funcs = (m,) if isinstance(m, Func) else m.funcs
-    return json.dumps({"format": "esperc-ir", "version": 1, "funcs": [func_to_json(f) for f in funcs]}, indent=2)
+    return json.dumps(
+        {"format": "esperc-ir", "version": 1, "funcs": [func_to_json(f) for f in funcs]}, indent=2
+    )
 
 
 def from_json(text: str) -> Module:

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
-from esperc.diagnostics import DiagnosticError, Loc, error
+from esperc.diagnostics import DiagnosticError, error
 from esperc.ir.graph import Func
 from esperc.ir.verifier import VerifyError, verify
 
@@ -91,11 +91,13 @@ def parse_pipeline(text: str, registry: dict[str, type[FunctionPass]]) -> list[F
     """
     out: list[FunctionPass] = []
     pos, text = 0, text.strip()
-    where = Loc("<pipeline>", 1, 1)
+    where = None
     while pos < len(text):
         m = _ITEM.match(text, pos)
         if not m or m.end() == pos:
-            raise error("E0603", f"cannot parse pipeline at column {pos + 1}: {text[pos:]!r}", where)
+            raise error(
+                "E0603", f"cannot parse pipeline at column {pos + 1}: {text[pos:]!r}", where
+            )
         name, opts = m.group(1), m.group(2)
         if name not in registry:
             from esperc.diagnostics import did_you_mean
@@ -120,7 +122,9 @@ def _instantiate(cls: type[FunctionPass], opts: str) -> FunctionPass:
             kwargs[attr] = _convert(raw.strip(), default)
         except ValueError:
             raise error(
-                "E0603", f"option '{key.strip()}' of '{cls.name}' wants {type(default).__name__}", None
+                "E0603",
+                f"option '{key.strip()}' of '{cls.name}' wants {type(default).__name__}",
+                None,
             ) from None
     return cls(**kwargs)
 

@@ -1,0 +1,133 @@
+"""Terminal I/O of the CLI: colour choice, rich consoles, diagnostics output, atomic text writes,
+and the ``guard`` that turns a command's outcome into the documented exit status."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from esperc.diagnostics import Diagnostic, DiagnosticError, render_all, to_json
+
+
+class ColorMode(str, Enum):
+    auto = "auto"
+    always = "always"
+    never = "never"
+
+
+def use_color(mode: ColorMode, stream: Any) -> bool:
+    """Colour when asked to, or in auto mode on a terminal with no NO_COLOR set."""
+    if mode is ColorMode.always:
+        return True
+    if mode is ColorMode.never or os.environ.get("NO_COLOR"):
+        return False
+    return bool(getattr(stream, "isatty", lambda: False)())
+
+
+@dataclass
+class UI:
+    """Where a command's output goes; built once per command from its flags."""
+
+    color: bool
+    json: bool
+    out: Console
+    err: Console
+    sources: dict[str, str]
+
+    @staticmethod
+    def make(mode: ColorMode, json_mode: bool) -> UI:
+        color = use_color(mode, sys.stderr)
+        out_color = use_color(mode, sys.stdout)
+        return UI(
+            color=color,
+            json=json_mode,
+            out=Console(markup=False, highlight=False, no_color=not out_color, soft_wrap=True,
+                        force_terminal=out_color if mode is ColorMode.always else None),
+            err=Console(stderr=True, markup=False, highlight=False, no_color=not color,
+                        soft_wrap=True, force_terminal=color if mode is ColorMode.always else None),
+            sources={},
+        )  # fmt: skip
+
+    def add_source(self, path: str | Path, raw: bytes | None = None) -> None:
+        """Remember a source's text so diagnostics can show its lines."""
+        try:
+            data = raw if raw is not None else Path(path).read_bytes()
+        except OSError:
+            return
+        self.sources[str(path)] = data.decode("utf-8", errors="replace")
+
+    def diagnostics(self, diags: Sequence[Diagnostic]) -> None:
+        if self.json:
+            sys.stderr.write(to_json(diags) + "\n")
+        else:
+            sys.stderr.write(render_all(diags, self.sources, self.color) + "\n")
+        sys.stderr.flush()
+
+    def print(self, text: str) -> None:
+        """Plain data to stdout (never reformatted by rich)."""
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+        sys.stdout.flush()
+
+    def print_json(self, obj: Any) -> None:
+        sys.stdout.write(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+    def note(self, text: str) -> None:
+        """A one-line remark to stderr."""
+        sys.stderr.write(text + "\n")
+
+    @contextlib.contextmanager
+    def guard(self) -> Iterator[None]:
+        """Map user errors to exit 1, bad packages to 10-19, and crashes to an ICE (exit 3)."""
+        from esperc.cli import EXIT_USER, internal_error
+
+        try:
+            yield
+        except DiagnosticError as e:
+            self.diagnostics(e.diagnostics)
+            sys.exit(EXIT_USER)
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except Exception as e:  # noqa: BLE001 - classified below
+            code = _package_error_code(e)
+            if code is not None:
+                sys.stderr.write(f"esperc: error: {e}\n")
+                sys.exit(code)
+            from esperc.middle.pass_manager import PassCrash
+
+            if isinstance(e, PassCrash):
+                internal_error(e.cause, f"pass '{e.pass_name}'")
+            internal_error(e)
+
+
+def _package_error_code(e: Exception) -> int | None:
+    """The exit status of a bad .kpkg (each ``KpkgError`` class has its own, 10-19)."""
+    from esperc.kpkg import KpkgError
+
+    return e.exit_code if isinstance(e, KpkgError) else None
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write text to ``path`` via a temp file in the same folder, fsync and rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
