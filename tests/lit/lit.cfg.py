@@ -6,10 +6,10 @@ import shutil
 import lit.formats
 
 config.name = "esperc"
-config.test_format = lit.formats.ShTest(execute_external=True)
+config.test_format = lit.formats.ShTest(execute_external=False)
 config.suffixes = [".esp", ".eir", ".test"]
 config.test_source_root = os.path.dirname(__file__)
-config.excludes = ["Inputs", "Output", "lit.cfg.py"]
+config.excludes = ["Inputs", "Output", "tools", "lit.cfg.py"]
 
 root = os.path.dirname(os.path.dirname(config.test_source_root))
 bindir = os.path.join(root, ".venv", "bin")
@@ -22,6 +22,11 @@ if not os.path.exists(filecheck):
 
 config.substitutions.append(("%esperc", esperc))
 config.substitutions.append(("FileCheck", filecheck))
+python = os.path.join(bindir, "python")
+config.substitutions.append(
+    ("%expect-exit", f"{python} {os.path.join(config.test_source_root, 'tools', 'expect_exit.py')}")
+)
+config.substitutions.append(("%python", python))
 config.substitutions.append(("%samples", os.path.join(root, "samples")))
 
 config.environment["NO_COLOR"] = "1"
