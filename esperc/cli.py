@@ -275,6 +275,9 @@ def main(argv: list[str] | None = None) -> NoReturn:
     except KeyboardInterrupt:
         print("esperc: interrupted", file=sys.stderr)
         sys.exit(130)
+    except BrokenPipeError:  # `esperc ... | head`: the reader left; not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(141)
     except BaseException as e:  # noqa: BLE001 - last resort: report as an internal error
         internal_error(e)
     sys.exit(0)

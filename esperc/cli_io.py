@@ -95,7 +95,7 @@ class UI:
         except DiagnosticError as e:
             self.diagnostics(e.diagnostics)
             sys.exit(EXIT_USER)
-        except (SystemExit, KeyboardInterrupt):
+        except (SystemExit, KeyboardInterrupt, BrokenPipeError):
             raise
         except Exception as e:  # noqa: BLE001 - classified below
             code = _package_error_code(e)
