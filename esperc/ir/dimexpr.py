@@ -171,6 +171,8 @@ def _atom(toks: list[str], i: int) -> tuple[DimExpr, int]:
         e, i = _parse(toks, i + 1, _PREC["not"])
         return UnaryOp("not", e), i
     if t == "-":
+        if i + 1 < len(toks) and toks[i + 1].isdigit():  # a negative literal prints as "-3"
+            return Num(-int(toks[i + 1])), i + 2
         e, i = _atom(toks, i + 1)
         return UnaryOp("-", e), i
     if t.isdigit():

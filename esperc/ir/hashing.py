@@ -14,7 +14,6 @@ from dataclasses import replace
 
 from esperc.ir.graph import Arg, Func, Node, Region
 from esperc.ir.printer import format_attrs, print_func
-from esperc.ir.topo import topo_order
 
 
 def _structural_keys(func: Func) -> dict[str, str]:
@@ -33,16 +32,29 @@ def canonicalize_names(func: Func) -> Func:
     """``func`` with canonical statement order and positional names (what the hash prints)."""
     keys = _structural_keys(func)
     region_of = {m: r.name for r in func.regions for m in r.members}
-    # Keep each region's members together: order by (region key, structural key).
-    body = topo_order(func.body, {a.name for a in func.args}, key=lambda n: keys[n.result])
+    # Order by (depth, structural key): a topological order in which only structurally equal
+    # nodes tie, and those are adjacent (Kahn's algorithm with a key tie-break is not enough:
+    # which of two equal nodes comes first decides which of their users become ready first).
+    depth = {a.name: 0 for a in func.args}
+    for n in func.body:
+        depth[n.result] = 1 + max((depth[o] for o in n.operands), default=0)
+    body = sorted(func.body, key=lambda n: (depth[n.result], keys[n.result]))
     if func.regions:
         body = list(func.body)  # regions are contiguous already; their order is meaningful
     rename = {a.name: f"a{i}" for i, a in enumerate(func.args)}
     for i, n in enumerate(body):
         rename[n.result] = str(i)
+    # Nodes with equal structural keys compute the same value and keep their original relative
+    # order; without regions, uses refer to the first of them, so swapping two identical nodes
+    # (e.g. two equal constants with different users) leaves the print unchanged.
+    use = dict(rename)
+    if not func.regions:
+        first: dict[str, str] = {}
+        for n in body:
+            use[n.result] = rename[first.setdefault(keys[n.result], n.result)]
     args = tuple(Arg(rename[a.name], a.type, a.kind) for a in func.args)
     nodes = tuple(
-        Node(rename[n.result], n.op, tuple(rename[o] for o in n.operands), n.attrs, n.type)
+        Node(rename[n.result], n.op, tuple(use[o] for o in n.operands), n.attrs, n.type)
         for n in body
     )
     region_names = {}
@@ -59,7 +71,7 @@ def canonicalize_names(func: Func) -> Func:
         name="f",
         args=args,
         body=nodes,
-        results=tuple(rename[r] for r in func.results),
+        results=tuple(use[r] for r in func.results),
         regions=regions,
         loc=None,
         dims=tuple(replace(d, loc=None) for d in func.dims),

@@ -328,6 +328,7 @@ def _reshape(ts: Sequence[TensorType], attrs: Attrs) -> TensorType:
 
 def _transpose(ts: Sequence[TensorType], attrs: Attrs) -> TensorType:
     (t,) = ts
+    _need_rank1(t, "transpose")
     i, j = normalize_axis(attrs["dim0"], t.rank), normalize_axis(attrs["dim1"], t.rank)
     shape = list(t.shape)
     shape[i], shape[j] = shape[j], shape[i]
@@ -353,6 +354,7 @@ def _broadcast_to(ts: Sequence[TensorType], attrs: Attrs) -> TensorType:
 def _concat(ts: Sequence[TensorType], attrs: Attrs) -> TensorType:
     dt = _same_dtype(ts, "concat")
     first = ts[0]
+    _need_rank1(first, "concat")
     axis = normalize_axis(attrs["axis"], first.rank)
     total: Dim = 0
     for t in ts:
@@ -372,8 +374,14 @@ def _concat(ts: Sequence[TensorType], attrs: Attrs) -> TensorType:
     return TensorType(dt, tuple(shape))
 
 
+def _need_rank1(t: TensorType, what: str) -> None:
+    if t.rank == 0:
+        raise TypeRuleError("E0202", f"'{what}' needs a tensor of rank at least 1")
+
+
 def _slice(ts: Sequence[TensorType], attrs: Attrs) -> TensorType:
     (t,) = ts
+    _need_rank1(t, "slice")
     axis = normalize_axis(attrs["axis"], t.rank)
     start, end = attrs["start"], attrs["end"]
     size = t.shape[axis]
