@@ -46,6 +46,7 @@ class Emit(str, Enum):
     ast = "ast"
     ir = "ir"
     opt_ir = "opt-ir"
+    backward_ir = "backward-ir"
     triton = "triton"
     kpkg = "kpkg"
 
@@ -95,7 +96,7 @@ def compile_cmd(
     emit: Annotated[
         Emit,
         typer.Option(
-            "--emit", help="Stop after a stage and print it: ast, ir, opt-ir, triton or kpkg."
+            "--emit", help="Stop after a stage and print it: ast, ir, opt-ir, backward-ir, triton or kpkg."
         ),
     ] = Emit.kpkg,
     define: Annotated[

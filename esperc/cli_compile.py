@@ -80,6 +80,11 @@ def run_compile(
         func = driver.lower(file, opts)
         _emit_text(ui, _func_json(func) if ui.json else print_func(func, print_loc), output)
         return
+    if emit == "backward-ir":
+        from esperc.middle.autodiff import differentiate, print_plan
+
+        _emit_text(ui, print_plan(differentiate(driver.lower(file, opts))), output)
+        return
     from esperc.backend.targets import local_arch
 
     opts.targets = driver.parse_targets(target, local_arch())
