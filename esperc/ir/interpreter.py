@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 import torch
 
 from esperc.ir.dimexpr import DimExpr, DimExprError, evaluate, symbols, to_str
-from esperc.ir.graph import Arg, Func
+from esperc.ir.graph import Arg, Func, Node
 from esperc.ir.reference import DTYPES_OF_TORCH, concrete_shape, evaluate_node, torch_dtype
 from esperc.ir.types import Dim, SymDim, shape_str
 
@@ -180,17 +180,40 @@ def run_func(
         GuardError: the tensors do not satisfy the signature (see ``check_guards``).
         EvalError: a node failed at run time (e.g. integer division by zero).
     """
+    values = evaluate_all(func, inputs, device)
+    return tuple(values[r] for r in func.results)
+
+
+def evaluate_all(
+    func: Func, inputs: Inputs, device: torch.device | str | None = None
+) -> dict[str, Tensor]:
+    """Like ``run_func``, but return every SSA value (arguments and nodes) by name."""
     env = check_guards(func, inputs)
     bound = _bind_args(func, inputs)
     if device is None:
         device = bound[0][1].device if bound else torch.device("cpu")
     values: dict[str, Tensor] = {a.name: t.to(device) for a, t in bound}
-    for node in func.body:
+    evaluate_nodes(func.body, values, env, device)
+    return values
+
+
+def evaluate_nodes(
+    nodes: Sequence[Node],
+    values: dict[str, Tensor],
+    env: Mapping[str, int],
+    device: torch.device | str,
+) -> None:
+    """Evaluate ``nodes`` in order into ``values`` (operands must be there already).
+
+    Raises:
+        EvalError: a node failed or produced a tensor that contradicts its type.
+    """
+    for node in nodes:
         try:
             out = evaluate_node(node, [values[o] for o in node.operands], env)
         except (RuntimeError, ValueError, KeyError) as e:
             raise EvalError(f"evaluating %{node.result} = {node.op}: {e}") from e
-        out = out.to(device)
+        out = out.to(device).contiguous()  # dense: some CPU kernels round differently on views
         want = concrete_shape(node.type.shape, env)
         if out.dtype != torch_dtype(node.type.dtype) or tuple(out.shape) != want:
             raise EvalError(
@@ -198,7 +221,6 @@ def run_func(
                 f"{list(out.shape)}, its type is {node.type} = {shape_str(want)}"
             )
         values[node.result] = out
-    return tuple(values[r] for r in func.results)
 
 
 # --------------------------------------------------------------------------------------------
