@@ -7,7 +7,6 @@ PY     := $(VENV)/bin/python
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 export PATH := $(CURDIR)/$(BIN):$(PATH)
-export TRITON_INTERPRET_DEFAULT := 1
 
 .PHONY: setup test lint unit lit demo clean format
 

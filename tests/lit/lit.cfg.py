@@ -31,7 +31,6 @@ config.substitutions.append(("%samples", os.path.join(root, "samples")))
 
 config.environment["NO_COLOR"] = "1"
 config.environment["COLUMNS"] = "120"
-config.environment["TRITON_INTERPRET"] = "1"
 config.environment["ESPERC_CACHE_DIR"] = os.path.join(root, ".venv", "lit-cache")
 for var in ("HOME", "TMPDIR"):
     if var in os.environ:

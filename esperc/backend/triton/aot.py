@@ -16,15 +16,17 @@ Importing this module does not import Triton; :func:`compile_kernel` does.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import hashlib
 import linecache
+import os
 import re
 import struct
 import sys
 import tempfile
 import types
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing import get_context
@@ -197,7 +199,7 @@ def compile_kernel(spec: KernelSpec) -> CompiledKernel:
     capability = parse_target(spec.target)
     import triton
 
-    with tempfile.TemporaryDirectory(prefix="esperc-aot-") as tmp:
+    with _interpreter_off(), tempfile.TemporaryDirectory(prefix="esperc-aot-") as tmp:
         try:
             fn = _load_kernel(spec.source, spec.kernel_name)
             arg_names = list(fn.arg_names)
@@ -205,6 +207,18 @@ def compile_kernel(spec: KernelSpec) -> CompiledKernel:
         finally:
             linecache.cache.pop(_virtual_filename(spec.source, spec.kernel_name), None)
     return _to_compiled_kernel(spec, arg_names, compiled, triton.__version__)
+
+
+@contextlib.contextmanager
+def _interpreter_off() -> Iterator[None]:
+    """Unset TRITON_INTERPRET for the compile: Triton reads it when @triton.jit decorates and
+    while it lowers, and an AOT compile always wants the real compiler."""
+    saved = os.environ.pop("TRITON_INTERPRET", None)
+    try:
+        yield
+    finally:
+        if saved is not None:
+            os.environ["TRITON_INTERPRET"] = saved
 
 
 def _run_triton(spec: KernelSpec, fn, capability: int, cache_dir: Path):  # -> triton's kernel
