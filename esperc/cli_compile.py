@@ -8,7 +8,7 @@ from pathlib import Path
 from rich.table import Table
 
 from esperc import driver
-from esperc.cli_io import UI, write_text_atomic
+from esperc.cli_io import UI, progress_bar, write_text_atomic
 from esperc.ir.graph import Func
 from esperc.ir.printer import print_func, print_module
 from esperc.middle.pass_manager import PassContext
@@ -104,11 +104,23 @@ def run_compile(
         _emit_text(ui, build.generate_source(func), output)
         return
     out = output or file.with_suffix(".kpkg")
-    result = build.build_package(file, func, opts, out, progress=not ui.json)
+    with progress_bar(ui, "build") as report:
+        result = build.build_package(file, func, opts, out, report, cache=_cache(ui))
     if ui.json:
         ui.print_json(result.summary())
     else:
         ui.note(result.one_line())
+
+
+def _cache(ui: UI):  # noqa: ANN202 - a KernelCache, or None when ESPERC_NO_CACHE=1
+    import os
+
+    if os.environ.get("ESPERC_NO_CACHE") == "1":
+        return None
+    from esperc.cache import KernelCache
+    from esperc.paths import state_paths
+
+    return KernelCache(state_paths().cache_dir)
 
 
 def _func_json(func: Func) -> str:

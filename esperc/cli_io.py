@@ -131,3 +131,29 @@ def write_text_atomic(path: Path, text: str) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+@contextlib.contextmanager
+def progress_bar(ui: UI, title: str) -> Iterator[Any]:
+    """A rich progress bar on stderr fed by ``(description, done, total)`` callbacks.
+
+    Quiet (a no-op callback) with ``--json`` or when stderr is not a terminal.
+    """
+    if ui.json or not sys.stderr.isatty():
+        yield lambda *_: None
+        return
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(
+        TextColumn(f"{title}: {{task.description}}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(), console=ui.err, transient=True,
+    ) as bar:  # fmt: skip
+        tasks: dict[str, Any] = {}
+
+        def report(desc: str, done: int, total: int) -> None:
+            stage = desc.split(" ", 1)[0]
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(desc, total=total)
+            bar.update(tasks[stage], description=desc, completed=done, total=total)
+
+        yield report

@@ -1,0 +1,215 @@
+"""``esperc.load``: a .kpkg becomes a callable that checks its guards and launches its kernels.
+
+Per call, the launcher is chosen by where the tensors are:
+
+- CUDA tensors on a GPU whose arch has cubins in the package: the cubins, through the CUDA driver
+  (no Triton import, no compile, no Triton cache entry);
+- CPU tensors: the packaged Triton source in Triton's interpreter;
+- otherwise (a GPU arch the package lacks, Triton missing on a CPU): the eager PyTorch reference,
+  with one warning that says why (``fallback="eager"``, the default), or ``FallbackError``
+  (``fallback="error"``).
+
+Kernels whose compile-time validation failed always run as eager regions, with one warning.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from esperc.backend.plan_io import PlanFormatError, plan_from_json
+from esperc.backend.triton.plan import Plan
+from esperc.ir.graph import Func
+from esperc.ir.interpreter import GuardError, check_guards
+from esperc.ir.parser import parse_func
+from esperc.kpkg import Kpkg, KpkgError, read_kpkg
+from esperc.runtime.executor import CubinKernel, execute, load_interpreted
+from esperc.runtime.packaged import compiled_kernel_from_manifest
+
+
+class FallbackError(RuntimeError):
+    """No packaged kernel can run these tensors and ``fallback="error"`` was asked for."""
+
+
+class PackageContentError(KpkgError):
+    """The container is intact but its content is not a runnable esperc package."""
+
+    exit_code = 17
+
+
+class EsperWarning(UserWarning):
+    """Warnings from the esperc runtime (fallbacks), filterable as one category."""
+
+
+@dataclass
+class Artifact:
+    """A loaded package: call it with inputs and params, by name or in declaration order.
+
+    Attributes:
+        name: the blueprint's name.
+        func: the packaged function (optimised IR with kernel regions).
+        plan: the launch plan.
+        manifest: the package manifest (a dict, as stored).
+        fallback: "eager" (warn once and run the reference) or "error" (raise FallbackError).
+    """
+
+    name: str
+    func: Func
+    plan: Plan
+    manifest: dict[str, Any]
+    package: Kpkg = field(repr=False)
+    fallback: str = "eager"
+    _sources: str = field(default="", repr=False)
+    _kernels: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
+    _warned: set[str] = field(default_factory=set, repr=False)
+
+    # ---------------------------------------------------------------- calling
+
+    def bind(self, args: Sequence[torch.Tensor], kwargs: Mapping[str, torch.Tensor]) -> dict:
+        """Arguments by name from positional (declaration order) and keyword tensors.
+
+        Raises:
+            GuardError: a missing, unknown or doubly given argument.
+        """
+        names = [a.name for a in self.func.args]
+        if len(args) > len(names):
+            raise GuardError(f"'{self.name}' takes {len(names)} tensors, got {len(args)}")
+        out = dict(zip(names, args))
+        for k, v in kwargs.items():
+            if k not in names:
+                raise GuardError(f"'{self.name}' has no input or param '{k}'")
+            if k in out:
+                raise GuardError(f"'{k}' given both by position and by name")
+            out[k] = v
+        missing = [n for n in names if n not in out]
+        if missing:
+            raise GuardError(f"'{self.name}' is missing {', '.join(missing)}")
+        return out
+
+    def __call__(self, *args: torch.Tensor, **kwargs: torch.Tensor) -> Any:
+        """Run the blueprint; returns one tensor, or a tuple for several results.
+
+        Raises:
+            GuardError: a guard failed (dtype, rank, dim range, ``require``, device).
+            FallbackError: no packaged kernel fits and ``fallback="error"``.
+        """
+        tensors = self.bind(args, kwargs)
+        dims = check_guards(self.func, tensors)
+        tensors = _normalise(tensors)
+        kernels, eager_regions, mode = self._launchers(tensors)
+        if mode == "eager":
+            from esperc.ir.interpreter import run_func
+
+            outs = run_func(self.func, tensors)
+        else:
+            env = execute(self.func, self.plan, tensors, dims, kernels, eager_regions)
+            outs = tuple(env[r] for r in self.plan.results)
+        return outs[0] if len(outs) == 1 else outs
+
+    def as_module(self, params: Mapping[str, torch.Tensor] | None = None) -> torch.nn.Module:
+        """An ``nn.Module`` owning the params (``params`` by name, or zeros to be loaded later)."""
+        from esperc.runtime.module import BlueprintModule
+
+        return BlueprintModule(self, params or {})
+
+    # ---------------------------------------------------------------- launchers
+
+    def _launchers(self, tensors: Mapping[str, torch.Tensor]) -> tuple[dict, frozenset, str]:
+        device = next(iter(tensors.values())).device
+        failed = frozenset(
+            k["region"] for k in self.manifest.get("kernels", {}).values()
+            if k.get("validation", {}).get("status") == "fail"
+        )  # fmt: skip
+        if failed:
+            self._warn_once(
+                "failed", f"{self.name}: kernels of regions {sorted(failed)} failed validation "
+                "at compile time; running those regions with the eager reference",
+            )  # fmt: skip
+        if device.type == "cuda":
+            arch = "sm_{}{}".format(*torch.cuda.get_device_capability(device))
+            if arch in self.manifest.get("targets", []):
+                return self._cubins(arch), failed, "cubin"
+            return (
+                {},
+                failed,
+                self._fallback(
+                    f"no cubins for {arch} in the package (targets: {self.manifest.get('targets')})"
+                ),
+            )
+        if device.type == "cpu":
+            try:
+                return self._interpreted(), failed, "interpreter"
+            except ImportError as e:  # Triton is optional on CPU-only consumers
+                return {}, failed, self._fallback(f"Triton is not importable ({e})")
+        return {}, failed, self._fallback(f"device '{device.type}' has no packaged kernels")
+
+    def _fallback(self, why: str) -> str:
+        if self.fallback == "error":
+            raise FallbackError(f"{self.name}: {why}")
+        self._warn_once(why, f"{self.name}: {why}; running the eager PyTorch reference")
+        return "eager"
+
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            warnings.warn(message, EsperWarning, stacklevel=4)
+
+    def _cubins(self, arch: str) -> dict[str, Any]:
+        if arch not in self._kernels:
+            from esperc.runtime.cubin import default_runtime
+
+            rt = default_runtime()
+            self._kernels[arch] = {
+                name: CubinKernel(compiled_kernel_from_manifest(self.package, name, k, arch), rt)
+                for name, k in self.manifest.get("kernels", {}).items()
+            }
+        return self._kernels[arch]
+
+    def _interpreted(self) -> dict[str, Any]:
+        if "interpreter" not in self._kernels:
+            source = self.package.member(self.manifest["module"]).decode("utf-8")
+            self._kernels["interpreter"] = load_interpreted(source)
+        return self._kernels["interpreter"]
+
+
+def _normalise(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Inputs the kernels can read: 16-byte aligned (misaligned views are copied)."""
+    out = {}
+    for k, t in tensors.items():
+        if t.numel() and t.data_ptr() % 16:
+            t = t.clone()
+        out[k] = t
+    return out
+
+
+def load(path: str | Path | bytes, fallback: str = "eager") -> Artifact:
+    """Load a .kpkg and return its callable ``Artifact``; nothing is compiled.
+
+    Args:
+        path: the package file (or its bytes).
+        fallback: "eager" (default) or "error"; see ``Artifact``.
+
+    Raises:
+        KpkgError: the file is damaged or not a package (a subclass names the problem); every
+            member is verified against its SHA-256 before use.
+        ValueError: an unknown ``fallback``.
+    """
+    if fallback not in ("eager", "error"):
+        raise ValueError(f"fallback must be 'eager' or 'error', not {fallback!r}")
+    pkg = read_kpkg(path, verify=True)
+    m = pkg.manifest
+    try:
+        ir_text = pkg.member(m["blueprint"]["ir"]).decode("utf-8")
+        func = parse_func(ir_text, "ir.eir")
+        plan = plan_from_json(pkg.member(m["plan"]))
+    except (KeyError, TypeError, UnicodeDecodeError, PlanFormatError, json.JSONDecodeError) as e:
+        raise PackageContentError(f"{path}: not a runnable esperc package ({e})") from None
+    except Exception as e:  # noqa: BLE001 - a DiagnosticError from the IR parser
+        raise PackageContentError(f"{path}: packaged IR does not parse ({e})") from None
+    return Artifact(m["blueprint"]["name"], func, plan, m, pkg, fallback)
