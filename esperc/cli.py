@@ -96,7 +96,8 @@ def compile_cmd(
     emit: Annotated[
         Emit,
         typer.Option(
-            "--emit", help="Stop after a stage and print it: ast, ir, opt-ir, backward-ir, triton or kpkg."
+            "--emit",
+            help="Stop after a stage and print it: ast, ir, opt-ir, backward-ir, triton or kpkg.",
         ),
     ] = Emit.kpkg,
     define: Annotated[
@@ -251,24 +252,18 @@ def passes_cmd(json_: JsonOpt = False) -> None:
         run_passes(ui)
 
 
-def _register_optional() -> None:
-    """Commands whose modules land with later stages (inspect, autotune, bench, cache, perfdb)."""
-    import importlib
-    import importlib.util
+def _register_commands() -> None:
+    """Commands that live in their own modules: inspect, cache, perfdb (and their helpers)."""
+    from esperc import cli_kpkg, cli_tune
 
-    for mod in ("esperc.cli_kpkg", "esperc.cli_tune"):
-        try:
-            spec = importlib.util.find_spec(mod)
-        except ModuleNotFoundError:
-            spec = None
-        if spec is not None:
-            importlib.import_module(mod).register(app)
+    cli_kpkg.register(app)
+    cli_tune.register(app)
 
 
 def main(argv: list[str] | None = None) -> NoReturn:
     """Console entry point. typer's standalone mode maps misuse to exit 2; every other escape
     is reported here as an internal compiler error (commands handle user errors themselves)."""
-    _register_optional()
+    _register_commands()
     try:
         app(args=argv, prog_name="esperc")
     except SystemExit:

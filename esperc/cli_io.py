@@ -48,12 +48,14 @@ class UI:
     def make(mode: ColorMode, json_mode: bool) -> UI:
         color = use_color(mode, sys.stderr)
         out_color = use_color(mode, sys.stdout)
+        # Off a terminal (pipes, files, lit), tables get a fixed, readable width.
+        width = None if sys.stdout.isatty() else int(os.environ.get("COLUMNS", "0") or 0) or 160
         return UI(
             color=color,
             json=json_mode,
-            out=Console(markup=False, highlight=False, no_color=not out_color, soft_wrap=True,
+            out=Console(markup=False, highlight=False, no_color=not out_color, soft_wrap=True, width=width,
                         force_terminal=out_color if mode is ColorMode.always else None),
-            err=Console(stderr=True, markup=False, highlight=False, no_color=not color,
+            err=Console(stderr=True, markup=False, highlight=False, no_color=not color, width=width,
                         soft_wrap=True, force_terminal=color if mode is ColorMode.always else None),
             sources={},
         )  # fmt: skip

@@ -55,8 +55,23 @@ def interpreter_env() -> Iterator[None]:
             os.environ["TRITON_INTERPRET"] = old
 
 
+def _import_triton_normally() -> None:
+    """Import Triton (and the parts it imports lazily while interpreting) outside interpreter
+    mode: imported under TRITON_INTERPRET=1, its gluon package is built wrongly and fails."""
+    import importlib
+
+    import triton  # noqa: F401
+
+    try:
+        importlib.import_module("triton.experimental.gluon")
+    except ImportError:  # older Triton releases have no gluon
+        pass
+
+
 def load_interpreted(source: str) -> dict[str, Any]:
     """The generated module's kernels as Triton-interpreter functions."""
+    _import_triton_normally()
+
     with interpreter_env():
         return load_module(source)
 
@@ -110,4 +125,4 @@ def execute(
 def _bf16_dot_for_interpreter(active: bool) -> contextlib.AbstractContextManager[None]:
     from esperc.backend.triton import launcher
 
-    return launcher._interpreter_bf16_dot(active)  # noqa: SLF001 - shared interpreter fix-up
+    return launcher._interpreter_fixes(active)  # noqa: SLF001 - shared interpreter fix-ups
