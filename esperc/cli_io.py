@@ -100,6 +100,11 @@ class UI:
         except (SystemExit, KeyboardInterrupt, BrokenPipeError):
             raise
         except Exception as e:  # noqa: BLE001 - classified below
+            if _is_guard_error(e):  # tensors failing a guard: the user's inputs, not our bug
+                from esperc.diagnostics import error
+
+                self.diagnostics(error("E0501", str(e), None).diagnostics)
+                sys.exit(EXIT_USER)
             code = _package_error_code(e)
             if code is not None:
                 sys.stderr.write(f"esperc: error: {e}\n")
@@ -109,6 +114,12 @@ class UI:
             if isinstance(e, PassCrash):
                 internal_error(e.cause, f"pass '{e.pass_name}'")
             internal_error(e)
+
+
+def _is_guard_error(e: Exception) -> bool:
+    from esperc.ir.interpreter import GuardError
+
+    return isinstance(e, GuardError)
 
 
 def _package_error_code(e: Exception) -> int | None:

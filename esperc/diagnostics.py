@@ -138,7 +138,8 @@ def _source_lines(loc: Loc, sources: dict[str, str]) -> list[str] | None:
     text = sources.get(loc.file)
     if text is None:
         return None
-    return text.splitlines()
+    # Lines as the parser counts them: only "\n" ends a line (not \r, \f or U+2028).
+    return [line.removesuffix("\r") for line in text.split("\n")]
 
 
 def _snippet(loc: Loc, sources: dict[str, str], color: bool) -> list[str]:
