@@ -83,7 +83,7 @@ def causal_attention(q: Tensor, k: Tensor, v: Tensor, *, scale: float = 0.125) -
     """Naive causal attention. q, k, v: [B, H, S, d]. Returns [B, H, S, d]."""
     s = (q @ k.transpose(-2, -1)) * scale
     n = s.shape[-1]
-    allowed = torch.ones(n, n, dtype=torch.bool).tril()
+    allowed = torch.ones(n, n, dtype=torch.bool, device=s.device).tril()
     s = s.masked_fill(~allowed, float("-inf"))
     return torch.softmax(s, dim=-1) @ v
 
@@ -117,7 +117,7 @@ def multi_head_attention(
     v = split(F.linear(x, w_v, b_v))
     s = (q @ k.transpose(-2, -1)) * scale
     if causal:
-        allowed = torch.ones(n, n, dtype=torch.bool).tril()
+        allowed = torch.ones(n, n, dtype=torch.bool, device=s.device).tril()
         s = s.masked_fill(~allowed, float("-inf"))
     o = torch.softmax(s, dim=-1) @ v
     o = o.transpose(1, 2).reshape(b, n, d)
