@@ -105,9 +105,9 @@ def build_package(
     source = Path(source_path).read_bytes()
     key = None
     if cache is not None:
-        from esperc.cli_tune import cache_key_for
+        from esperc.cache import CacheKey
 
-        key = cache_key_for(source_path, opts, source=source)
+        key = CacheKey.build(source, opts)
         blob = cache.get(key)
         if blob is not None:
             _write_bytes_atomic(out, blob)

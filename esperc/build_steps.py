@@ -6,22 +6,16 @@ import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import torch
-
 from esperc.backend.plan_io import plan_to_json
 from esperc.backend.triton.aot import CompiledKernel, KernelSpec, compile_kernel
 from esperc.backend.triton.plan import GeneratedModule, KernelLaunch
 from esperc.ir.graph import Func
 from esperc.ir.hashing import canonical_hash
+from esperc.ir.numerics import rel_err, tolerance
 from esperc.ir.printer import format_value, print_func
-from esperc.ir.types import DType, SymDim
+from esperc.ir.types import SymDim
 
 Progress = Callable[[str, int, int], None]
-
-# ‖out − ref‖ / ‖ref‖ bounds per output dtype (METHOD.md: bf16 operands land between 1e-3 and
-# 1e-2; f32 dots may use tf32 on the GPU, near 3e-4).
-REL_TOL = {DType.BF16: 2e-2, DType.F16: 5e-3, DType.F32: 1e-3}
-
 
 def generate_all(func: Func) -> GeneratedModule:
     from esperc.backend.triton.emitter import generate
@@ -71,18 +65,6 @@ def validation_dims(func: Func) -> list[dict[str, int]]:
     return cases[:3]
 
 
-def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
-    """‖out − ref‖₂ / ‖ref‖₂ in float64 (inf when NaNs disagree; exact match for ints/bools)."""
-    a, b = out.detach().double().cpu(), ref.detach().double().cpu()
-    if a.shape != b.shape:
-        return float("inf")
-    if not torch.equal(torch.isnan(a), torch.isnan(b)):
-        return float("inf")
-    a, b = torch.nan_to_num(a), torch.nan_to_num(b)
-    num, den = float((a - b).norm()), float(b.norm())
-    return num / den if den else num
-
-
 def validate_all(func: Func, gen: GeneratedModule, progress: Progress) -> dict[str, Any]:
     """Run every kernel in Triton's interpreter and compare each output with the eager reference.
 
@@ -108,7 +90,7 @@ def validate_all(func: Func, gen: GeneratedModule, progress: Progress) -> dict[s
             for a in step.allocs:
                 dt = types[a.value].dtype
                 err = rel_err(env[a.value], ref[a.value])
-                tol = REL_TOL.get(dt, 0.0)
+                tol = tolerance(dt)
                 row["rel_err"] = max(row["rel_err"], err)
                 row["tolerance"] = max(row.get("tolerance", 0.0), tol)
                 if not err <= tol:

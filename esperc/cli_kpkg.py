@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -46,20 +48,40 @@ def _read(file: Path, verify: bool) -> Any:
     return pkg
 
 
+@contextlib.contextmanager
+def _malformed(file: Path) -> Iterator[None]:
+    """Free-form manifest tables of the wrong shape are a bad package (exit 17), not a crash:
+    only the container's own keys are checked when reading (docs/kpkg.md)."""
+    from esperc.kpkg import KpkgError, KpkgFormatError
+
+    try:
+        yield
+    except KpkgError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
+        what = f"{type(e).__name__}: {e}"
+        raise KpkgFormatError(f"manifest content is malformed ({what})", path=str(file)) from None
+
+
 def run_inspect(ui: UI, file: Path, source: str | None, ir: bool, verify: bool) -> None:
     pkg = _read(file, verify)
-    m = pkg.manifest
     if verify:
         ui.note(
             f"{file}: ok: header, manifest, {len(pkg.member_names())} members and whole-file SHA-256 verified"
         )
+    with _malformed(file):
+        _show(ui, pkg, source, ir)
+
+
+def _show(ui: UI, pkg: Any, source: str | None, ir: bool) -> None:
+    m = pkg.manifest
     if source is not None:
         ui.out.print(
             Syntax(kernel_source(pkg, source), "python", line_numbers=False, word_wrap=True)
         )
         return
     if ir:
-        ui.print(pkg.member(m["blueprint"]["ir"]).decode("utf-8"))
+        ui.print(pkg.member(m["blueprint"]["ir"]).decode("utf-8", errors="replace"))
         return
     if ui.json:
         ui.print_json(m)
@@ -81,7 +103,7 @@ def kernel_source(pkg: Any, kernel: str) -> str:
         raise error(
             "E0101", f"no kernel '{kernel}' in the package", None, *([note] if note else [])
         )
-    text = pkg.member(kernels[kernel]["source"]).decode("utf-8")
+    text = pkg.member(kernels[kernel]["source"]).decode("utf-8", errors="replace")
     blocks = re.split(r"(?m)^(?=@triton\.jit)", text)
     for b in blocks:
         if re.search(rf"(?m)^def {re.escape(kernel)}\(", b):
@@ -165,9 +187,9 @@ def run_package(
     """Run a package on random (or given) inputs; print outputs and the error vs eager."""
     import torch
 
-    from esperc.build_steps import rel_err
     from esperc.cli_run import _dims, load_inputs, summarize
     from esperc.ir.interpreter import random_inputs, run_func
+    from esperc.ir.numerics import rel_err
     from esperc.runtime import load
 
     art = load(file)

@@ -40,9 +40,10 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output (
 
 
 def register(app: typer.Typer) -> None:
-    """Add the ``cache`` and ``perfdb`` command groups to the main app."""
+    """Add the ``cache`` and ``perfdb`` command groups and ``autotune`` to the main app."""
     app.add_typer(cache_app, name="cache")
     app.add_typer(perfdb_app, name="perfdb")
+    _register_autotune(app)
 
 
 def cache_key_for(file: Path, opts: CompileOptions, source: bytes | None = None) -> CacheKey:
@@ -298,3 +299,57 @@ def perfdb_explain(
             ui.print_json({"kernel": hashes[0], "hit": "\nhit:" in text, "explanation": text})
         else:
             ui.print(text)
+
+
+# ----- esperc autotune ----------------------------------------------------------------------
+
+
+def _register_autotune(app: typer.Typer) -> None:
+    """Add ``esperc autotune`` (the runner is ``esperc.cli_autotune.run_autotune``)."""
+
+    @app.command("autotune")
+    def autotune_cmd(
+        file: Annotated[
+            Path,
+            typer.Argument(help="A blueprint (.esp) or a package (.kpkg).", show_default=False),
+        ],
+        shapes: Annotated[
+            list[str] | None,
+            typer.Option(
+                "--shapes",
+                help="Tuning values of a dynamic dim: B=1,64,4096 (repeat "
+                "per dim; default 64 and 4096 within each range).",
+            ),
+        ] = None,
+        budget_s: Annotated[
+            float, typer.Option("--budget-s", help="Wall-clock budget for measuring, seconds.")
+        ] = 45.0,
+        target: Annotated[
+            str | None,
+            typer.Option("--target", help="GPU target (default: the local GPU, else sm_90)."),
+        ] = None,
+        output: Annotated[
+            Path | None, typer.Option("-o", "--output", help="The package (default FILE.kpkg).")
+        ] = None,
+        define: Annotated[list[str] | None, typer.Option("-D", help="As for compile.")] = None,
+        blueprint: Annotated[
+            str | None, typer.Option("--blueprint", help="Which blueprint of the file.")
+        ] = None,
+        seed: Annotated[int, typer.Option("--seed", help="Seed of the random inputs.")] = 0,
+        timeout_s: Annotated[
+            float, typer.Option("--timeout-s", help="Per-candidate time limit, seconds.")
+        ] = 10.0,
+        no_validate: Annotated[
+            bool,
+            typer.Option("--no-validate", help="Untuned packages: skip the interpreter check."),
+        ] = False,
+        color: ColorOpt = ColorMode.auto,
+        json_: JsonOpt = False,
+    ) -> None:
+        """Search kernel configs per shape bucket on the local GPU and write a tuned package."""
+        ui = _start(color, json_)
+        with ui.guard():
+            from esperc.cli_autotune import run_autotune
+
+            run_autotune(ui, file, shapes, budget_s, target, output, define, blueprint, seed,
+                         timeout_s, not no_validate)  # fmt: skip

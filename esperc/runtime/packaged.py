@@ -7,9 +7,13 @@ never imports Triton.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import replace
 from typing import Any
 
 from esperc.backend.triton.aot import ArgKind, CompiledKernel, KernelArg
+from esperc.backend.triton.plan import KernelLaunch, Plan
 from esperc.kpkg import Kpkg
 
 
@@ -84,3 +88,85 @@ def compiled_kernel_from_manifest(pkg: Kpkg, name: str, kernel: dict, arch: str)
         frame_bytes=t.get("spill_frame_bytes"),
         ptx="",
     )
+
+
+# ----- autotuned variants: one cubin per distinct winning config, chosen by shape bucket -----
+# Manifest (written by ``esperc autotune``, see docs/autotune.md): the kernel's own ``config`` and
+# ``targets`` are the default variant; ``[kernels.<k>.variants.<v>]`` holds ``config`` and
+# ``targets.<arch>`` (a ``target_table``) of each other variant; ``[kernels.<k>.dispatch]`` holds
+# ``dims`` (the dynamic dims the kernel depends on), ``default`` and ``buckets.<bucket>.variant``.
+
+
+def bucket_of(dims: Mapping[str, int], names: Iterable[str]) -> str:
+    """The shape bucket of ``names`` at these dim values: each rounded up to a power of two,
+    ``"B=64,S=1024"`` (the same text as ``esperc.tune.shape_bucket``)."""
+    return ",".join(
+        f"{n}={1 << max(int(dims[n]) - 1, 0).bit_length() if int(dims[n]) > 0 else 0}"
+        for n in sorted(names)
+    )
+
+
+def _log2_distance(a: str, b: str) -> float:
+    pa = dict(p.split("=") for p in a.split(",") if p)
+    pb = dict(p.split("=") for p in b.split(",") if p)
+    return sum(abs(math.log2(max(int(pa.get(k, 1)), 1)) - math.log2(max(int(pb.get(k, 1)), 1)))
+               for k in pa.keys() | pb.keys())  # fmt: skip
+
+
+def select_variant(kernel: Mapping[str, Any], dims: Mapping[str, int]) -> str | None:
+    """The variant name a kernel's dispatch table picks for ``dims`` (None: no table).
+
+    A bucket that was not tuned takes the nearest tuned bucket (log2 distance over the dims;
+    ties go to the larger bucket, then to the smaller text), so every shape has a variant.
+    """
+    table = kernel.get("dispatch")
+    if not table or not table.get("buckets"):
+        return None
+    buckets = table["buckets"]
+    key = bucket_of(dims, table.get("dims", []))
+    if key not in buckets:
+        key = min(buckets, key=lambda b: (_log2_distance(key, b), -_volume(b), b))
+    return str(buckets[key]["variant"])
+
+
+def _volume(bucket: str) -> int:
+    return math.prod(int(p.split("=")[1]) for p in bucket.split(",") if p)
+
+
+def has_variants(manifest: Mapping[str, Any]) -> bool:
+    """Whether any kernel has a dispatch table (an autotuned package with variants)."""
+    kernels = manifest.get("kernels")
+    return isinstance(kernels, dict) and any(
+        isinstance(k, dict) and k.get("dispatch") for k in kernels.values()
+    )
+
+
+def dispatch_plan(
+    pkg: Kpkg,
+    manifest: Mapping[str, Any],
+    plan: Plan,
+    arch: str,
+    dims: Mapping[str, int],
+    kernels: Mapping[str, Any],
+    make: Callable[[CompiledKernel], Any],
+) -> tuple[Plan, dict[str, Any]]:
+    """The plan and launchers for ``dims``: each kernel launch whose dispatch table picks a
+    non-default variant gets that variant's constexprs/warps/stages (the grid depends on them)
+    and its cubin (``make`` wraps a ``CompiledKernel`` into a launcher)."""
+    steps = list(plan.steps)
+    out = dict(kernels)
+    for i, step in enumerate(steps):
+        if not isinstance(step, KernelLaunch):
+            continue
+        entry = manifest.get("kernels", {}).get(step.kernel, {})
+        v = select_variant(entry, dims)
+        var = entry.get("variants", {}).get(v) if v else None
+        if var is None or arch not in var.get("targets", {}):
+            continue  # the default variant, or no cubin of the variant for this arch
+        cfg = var["config"]
+        steps[i] = replace(
+            step, constexprs=tuple((k, cfg.get(k, val)) for k, val in step.constexprs),
+            num_warps=int(cfg["num_warps"]), num_stages=int(cfg["num_stages"]),
+        )  # fmt: skip
+        out[step.kernel] = make(compiled_kernel_from_manifest(pkg, step.kernel, var, arch))
+    return replace(plan, steps=tuple(steps)), out

@@ -159,9 +159,12 @@ def _matmul_model(
 
     def pick(kept: list[Config]) -> Config:
         cap = (max(64, tg.next_pow2(m)), max(64, tg.next_pow2(n)), max(32, tg.next_pow2(k)))
+        # At most 64 fp32 accumulator registers per thread: larger tiles spill once an epilogue
+        # (bias, GELU, residual) needs registers too (measured on an H200: 128x256 spilled
+        # 72-712 bytes, 128x128 ran as fast or faster).
         ok = [c for c in kept if c[4] >= 2 and c[0] <= cap[0] and c[1] <= cap[1] and c[2] <= cap[2]
-              and c[0] * c[1] * 4 <= 128 * 4 * 32 * c[3]] or kept  # fmt: skip
-        return max(ok, key=lambda c: (c[0] * c[1], -abs(c[2] - 64), min(c[4], 3), -c[4], c[1]))
+              and c[0] * c[1] <= 64 * 32 * c[3]] or kept  # fmt: skip
+        return max(ok, key=lambda c: (c[0] * c[1], -abs(c[0] - c[1]), -abs(c[2] - 64), min(c[4], 3), -c[4]))
 
     return tg.MATMUL_KEYS, tg.matmul_configs(), plan_of, pick
 
@@ -176,8 +179,11 @@ def _attention_model(r: Region, types: dict[str, TensorType], hi: dict[str, int]
         return allocate(attention_buffers(c, head, size, out_size))
 
     def pick(kept: list[Config]) -> Config:
-        ok = [c for c in kept if c[3] >= 2] or kept
-        return max(ok, key=lambda c: (c[0] * c[1], c[0], min(c[3], 3)))
+        # d <= 64: 64x64 tiles, 4 warps, 3 stages measured best on an H200 (causal, S=4096);
+        # larger heads take 128-row Q tiles.
+        bm = 64 if head <= 64 else 128
+        ok = [c for c in kept if c[3] >= 2 and c[0] <= bm and c[1] <= 64] or kept
+        return max(ok, key=lambda c: (c[0] * c[1], c[0], min(c[3], 3), -abs(c[2] - 4)))
 
     return tg.ATTENTION_KEYS, tg.attention_configs(), plan_of, pick
 
