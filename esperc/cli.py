@@ -253,11 +253,12 @@ def passes_cmd(json_: JsonOpt = False) -> None:
 
 
 def _register_commands() -> None:
-    """Commands that live in their own modules: inspect, cache, perfdb (and their helpers)."""
-    from esperc import cli_kpkg, cli_tune
+    """Commands that live in their own modules: inspect, cache, perfdb, autotune, bench."""
+    from esperc import cli_bench, cli_kpkg, cli_tune
 
     cli_kpkg.register(app)
     cli_tune.register(app)
+    cli_bench.register(app)
 
 
 def main(argv: list[str] | None = None) -> NoReturn:
