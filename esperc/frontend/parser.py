@@ -21,8 +21,15 @@ from esperc.frontend import ast
 
 MAX_BYTES = 8 * 1024 * 1024
 MAX_DEPTH = 200
-# grammar/ ships inside the wheel as the package ``esperc.grammar`` (pyproject's package-dir).
-_GRAMMAR = importlib.resources.files("esperc.grammar").joinpath("esp.lark")
+
+
+def _grammar_text() -> str:
+    """grammar/esp.lark: inside an installed wheel it is the package ``esperc.grammar``
+    (pyproject's package-dir); in a plain source checkout on PYTHONPATH, the folder itself."""
+    try:
+        return importlib.resources.files("esperc.grammar").joinpath("esp.lark").read_text("utf-8")
+    except ModuleNotFoundError:
+        return (Path(__file__).resolve().parents[2] / "grammar" / "esp.lark").read_text("utf-8")
 
 # Terminal names lark generates -> how the user writes them.
 _KEYWORDS = (
@@ -41,7 +48,7 @@ _USER_TERMS: dict[str, str] = {
 @functools.cache
 def _lark() -> lark.Lark:
     return lark.Lark(
-        _GRAMMAR.read_text(encoding="utf-8"),
+        _grammar_text(),
         parser="lalr",
         lexer="contextual",
         propagate_positions=True,
