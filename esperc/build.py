@@ -86,6 +86,7 @@ def build_package(
     out: Path,
     progress: Progress | None = None,
     cache: Any = None,
+    training: Any = None,
 ) -> BuildResult:
     """Compile ``func`` (already through the middle end) into a package at ``out``.
 
@@ -96,6 +97,8 @@ def build_package(
         out: the package path; written atomically.
         progress: called as stages advance.
         cache: a ``KernelCache`` (or None): a hit copies the stored package to ``out``.
+        training: a ``build_backward.TrainingFuncs`` (``--backward``): ``func`` is then its
+            extended forward, and the package gets a ``[backward]`` part. Not cached yet.
 
     Raises:
         AotCompileError: Triton failed to compile a generated kernel (an esperc bug).
@@ -104,6 +107,8 @@ def build_package(
     report = progress or (lambda *_: None)
     source = Path(source_path).read_bytes()
     key = None
+    if training is not None:
+        cache = None  # the cache key does not cover the backward part yet
     if cache is not None:
         from esperc.cache import CacheKey
 
@@ -125,6 +130,15 @@ def build_package(
     validation = validate_all(func, gen, report) if opts.validate else {"status": "skipped"}
     timings["validate"] = time.perf_counter() - t
     manifest, members = assemble(func, gen, compiled, validation, source, opts, _versions())
+    if training is not None:
+        from esperc.build_backward import build_part
+
+        table, extra = build_part(training, opts.targets, opts.validate, report, timings)
+        manifest["outputs"] = manifest["outputs"][: training.plan.num_outputs]
+        manifest["backward"] = table
+        members.update(extra)
+        if table["validation"].get("status") == "fail":
+            validation = {**validation, "status": "fail"}
     from esperc.kpkg import pack_kpkg
 
     blob = pack_kpkg(manifest, members)
@@ -134,7 +148,8 @@ def build_package(
     kernels = [
         {"name": name, "region": k["region"], "kind": k["kind"],
          "validation": k.get("validation", {}).get("status", "skipped")}
-        for name, k in manifest["kernels"].items()
+        for name, k in [*manifest["kernels"].items(),
+                        *manifest.get("backward", {}).get("kernels", {}).items()]
     ]  # fmt: skip
     return BuildResult(
         out, func.name, canonical_hash(func), tuple(opts.targets), kernels, validation,

@@ -17,6 +17,7 @@ from esperc.ir.types import SymDim
 
 Progress = Callable[[str, int, int], None]
 
+
 def generate_all(func: Func) -> GeneratedModule:
     from esperc.backend.triton.emitter import generate
 
@@ -121,39 +122,14 @@ def assemble(
     versions: dict[str, str],
 ) -> tuple[dict[str, Any], dict[str, bytes]]:
     """The manifest and members of the package (see docs/kpkg.md for the schema)."""
-    from esperc.runtime.packaged import target_table
-
     members: dict[str, bytes] = {
         "source.esp": source,
         "ir.eir": print_func(func).encode(),
         "plan.json": plan_to_json(gen.plan).encode(),
         "kernels/module.py": gen.source.encode(),
     }
-    regions = {r.name: r for r in func.regions}
-    kernels: dict[str, Any] = {}
-    vk = validation.get("kernels", {})
-    for k in gen.kernels:
-        stem = member_stem(k.name)
-        region = regions.get(k.region)
-        entry: dict[str, Any] = {
-            "region": k.region,
-            "kind": k.kind,
-            "source": "kernels/module.py",
-            "config": {**{n: v for n, v in k.constexprs.items()},
-                       "num_warps": k.launch.num_warps, "num_stages": k.launch.num_stages},
-            "signature": dict(k.signature),
-            "targets": {},
-        }  # fmt: skip
-        if region is not None:
-            entry["region_attrs"] = {n: format_value(v) for n, v in region.attrs}
-        if k.name in vk:
-            entry["validation"] = vk[k.name]
-        for target in opts.targets:
-            ck = compiled[(k.name, target)]
-            member = f"kernels/{stem}.{target}.cubin"
-            members[member] = ck.cubin
-            entry["targets"][target] = target_table(ck, member)
-        kernels[k.name] = entry
+    kernels, cubins = kernel_entries(func, gen, compiled, validation, opts.targets)
+    members.update(cubins)
     manifest: dict[str, Any] = {
         **versions,
         "blueprint": {
@@ -178,6 +154,47 @@ def assemble(
         "perf": [],
     }
     return manifest, members
+
+
+def kernel_entries(
+    func: Func,
+    gen: GeneratedModule,
+    compiled: dict[tuple[str, str], CompiledKernel],
+    validation: dict[str, Any],
+    targets: Sequence[str],
+    module_member: str = "kernels/module.py",
+) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """The manifest's ``kernels`` table of ``gen`` and its cubin members (forward or backward:
+    kernel names, hence member stems, of a backward function start with ``<name>_backward``)."""
+    from esperc.runtime.packaged import target_table
+
+    members: dict[str, bytes] = {}
+    regions = {r.name: r for r in func.regions}
+    kernels: dict[str, Any] = {}
+    vk = validation.get("kernels", {})
+    for k in gen.kernels:
+        stem = member_stem(k.name)
+        region = regions.get(k.region)
+        entry: dict[str, Any] = {
+            "region": k.region,
+            "kind": k.kind,
+            "source": module_member,
+            "config": {**{n: v for n, v in k.constexprs.items()},
+                       "num_warps": k.launch.num_warps, "num_stages": k.launch.num_stages},
+            "signature": dict(k.signature),
+            "targets": {},
+        }  # fmt: skip
+        if region is not None:
+            entry["region_attrs"] = {n: format_value(v) for n, v in region.attrs}
+        if k.name in vk:
+            entry["validation"] = vk[k.name]
+        for target in targets:
+            ck = compiled[(k.name, target)]
+            member = f"kernels/{stem}.{target}.cubin"
+            members[member] = ck.cubin
+            entry["targets"][target] = target_table(ck, member)
+        kernels[k.name] = entry
+    return kernels, members
 
 
 def _arg_row(a: Any) -> dict[str, Any]:

@@ -143,6 +143,12 @@ def compile_cmd(
         bool,
         typer.Option("--no-validate", help="Skip running each kernel against the eager reference."),
     ] = False,
+    backward: Annotated[
+        bool,
+        typer.Option(
+            "--backward", help="Training package: also derive, compile and pack backward kernels."
+        ),
+    ] = False,
     color: ColorOpt = ColorMode.auto,
     json_: JsonOpt = False,
 ) -> None:
@@ -154,6 +160,7 @@ def compile_cmd(
         run_compile(
             ui, file, output, emit.value, _overrides(define), blueprint, target, pipeline,
             print_ir_after, time_passes, dump_dir, explain_fusion, print_loc, not no_validate,
+            backward,
         )  # fmt: skip
 
 
@@ -256,6 +263,8 @@ def _register_commands() -> None:
     """Commands that live in their own modules: inspect, cache, perfdb, autotune, bench."""
     from esperc import cli_bench, cli_kpkg, cli_tune
 
+    if any(c.name == "inspect" for c in app.registered_commands):
+        return  # main() ran before in this process (tests call it in-process)
     cli_kpkg.register(app)
     cli_tune.register(app)
     cli_bench.register(app)

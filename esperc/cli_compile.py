@@ -68,9 +68,12 @@ def run_compile(
     explain_fusion: bool,
     print_loc: bool,
     validate: bool,
+    backward: bool = False,
 ) -> None:
     ui.add_source(file)
-    opts = driver.Options(blueprint=blueprint, overrides=overrides, validate=validate)
+    opts = driver.Options(
+        blueprint=blueprint, overrides=overrides, validate=validate, backward=backward
+    )
     if emit == "ast":
         from esperc.frontend import dump_ast
 
@@ -93,7 +96,14 @@ def run_compile(
     opts.explain_fusion = explain_fusion
     hook, _ = _after_pass_hook(ui, print_ir_after, dump_dir, print_loc)
     opts.after_pass = hook  # type: ignore[assignment]
-    func, ctx = driver.compile_ir(file, opts)
+    training = None
+    if opts.backward and emit == "kpkg":
+        from esperc.build_backward import prepare
+
+        training = prepare(driver.lower(file, opts), opts)
+        func, ctx = training.forward, PassContext()
+    else:
+        func, ctx = driver.compile_ir(file, opts)
     _report_ctx(ui, ctx, time_passes, explain_fusion)
     if emit == "opt-ir":
         _emit_text(ui, _func_json(func) if ui.json else print_func(func, print_loc), output)
@@ -105,7 +115,9 @@ def run_compile(
         return
     out = output or file.with_suffix(".kpkg")
     with progress_bar(ui, "build") as report:
-        result = build.build_package(file, func, opts, out, report, cache=_cache(ui))
+        result = build.build_package(
+            file, func, opts, out, report, cache=_cache(ui), training=training
+        )
     if ui.json:
         ui.print_json(result.summary())
     else:

@@ -117,9 +117,10 @@ class UI:
 
 
 def _is_guard_error(e: Exception) -> bool:
-    from esperc.ir.interpreter import GuardError
-
-    return isinstance(e, GuardError)
+    # A GuardError can only exist once the interpreter module is loaded; importing it here
+    # (and torch with it) would cost seconds on every failing command.
+    interp = sys.modules.get("esperc.ir.interpreter")
+    return interp is not None and isinstance(e, interp.GuardError)
 
 
 def _package_error_code(e: Exception) -> int | None:

@@ -135,35 +135,15 @@ def _summary(ui: UI, m: dict) -> None:
     out.print(
         f"guards:  dims {dims or '(none)'}; require {', '.join(g.get('require', [])) or '(none)'}"
     )
-    table = Table(title="kernels", show_edge=False)
-    for col in (
-        "kernel",
-        "kind",
-        "config",
-        "smem B",
-        "regs",
-        "spill B",
-        "divergence",
-        "valid",
-        "rel err",
-    ):
-        table.add_column(
-            col, justify="right" if col in ("smem B", "regs", "spill B", "rel err") else "left"
+    out.print(_kernels_table("kernels", m.get("kernels", {})))
+    bw = m.get("backward")
+    if bw:
+        sb = bw.get("saved_bytes", {})
+        out.print(
+            f"backward: @{bw.get('name')}  wrt {', '.join(bw.get('wrt', []))}; saved "
+            f"{', '.join(bw.get('saved', []))} ({sb.get('bytes', '?')} B at {sb.get('dims', {})})"
         )
-    for name, k in m.get("kernels", {}).items():
-        cfg = ",".join(f"{a}={b}" for a, b in k.get("config", {}).items())
-        tgts = k.get("targets", {})
-        smem = "/".join(str(t.get("shared_bytes", "?")) for t in tgts.values())
-        regs = "/".join(str(t.get("registers", "?")) for t in tgts.values())
-        spill = "/".join(str(t.get("spill_frame_bytes", "?")) for t in tgts.values())
-        ra = k.get("region_attrs", {})
-        div = ra.get("divergence", "-").strip('"')
-        if "tiles_mixed" in ra:
-            div += f" (mixed {ra['tiles_mixed']}/{ra.get('tiles_visited', '?')})"
-        v = k.get("validation", {})
-        table.add_row(name, k.get("kind", "?"), cfg, smem, regs, spill, div, v.get("status", "-"),
-                      str(v.get("rel_err", "-")))  # fmt: skip
-    out.print(table)
+        out.print(_kernels_table("backward kernels", bw.get("kernels", {})))
     val = m.get("validation", {})
     out.print(
         f"validation: {val.get('status', 'skipped')} ({val.get('mode', '')}; shapes {val.get('shapes', [])})"
@@ -179,6 +159,38 @@ def _summary(ui: UI, m: dict) -> None:
         pt.add_row(str(row.get("kernel")), str(row.get("target")), str(row.get("bucket")),
                    str(row.get("ms")), str(row.get("p95_ms", "")), str(row.get("config", "")))  # fmt: skip
     out.print(pt)
+
+
+def _kernels_table(title: str, kernels: dict) -> Table:
+    table = Table(title=title, show_edge=False)
+    for col in (
+        "kernel",
+        "kind",
+        "config",
+        "smem B",
+        "regs",
+        "spill B",
+        "divergence",
+        "valid",
+        "rel err",
+    ):
+        table.add_column(
+            col, justify="right" if col in ("smem B", "regs", "spill B", "rel err") else "left"
+        )
+    for name, k in kernels.items():
+        cfg = ",".join(f"{a}={b}" for a, b in k.get("config", {}).items())
+        tgts = k.get("targets", {})
+        smem = "/".join(str(t.get("shared_bytes", "?")) for t in tgts.values())
+        regs = "/".join(str(t.get("registers", "?")) for t in tgts.values())
+        spill = "/".join(str(t.get("spill_frame_bytes", "?")) for t in tgts.values())
+        ra = k.get("region_attrs", {})
+        div = ra.get("divergence", "-").strip('"')
+        if "tiles_mixed" in ra:
+            div += f" (mixed {ra['tiles_mixed']}/{ra.get('tiles_visited', '?')})"
+        v = k.get("validation", {})
+        table.add_row(name, k.get("kind", "?"), cfg, smem, regs, spill, div, v.get("status", "-"),
+                      str(v.get("rel_err", "-")))  # fmt: skip
+    return table
 
 
 def run_package(

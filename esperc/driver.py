@@ -32,6 +32,7 @@ class Options:
     explain_fusion: bool = False
     validate: bool = True
     after_pass: Callable[[str, Func], None] | None = None
+    backward: bool = False  # training package: forward + backward kernels (build_backward.py)
 
 
 def read_source(path: str | Path) -> bytes:

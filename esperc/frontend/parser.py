@@ -31,6 +31,7 @@ def _grammar_text() -> str:
     except ModuleNotFoundError:
         return (Path(__file__).resolve().parents[2] / "grammar" / "esp.lark").read_text("utf-8")
 
+
 # Terminal names lark generates -> how the user writes them.
 _KEYWORDS = (
     "fn blueprint dim attr input param require if else return in and or not true false inf"

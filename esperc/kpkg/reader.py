@@ -185,7 +185,11 @@ def _load(source: Source, limits: Limits) -> bytes:
             raise KpkgLimitError(f"file exceeds {limits.max_file_bytes} bytes")
         return bytes(source)
     try:
-        with open(source, "rb") as f:
+        # O_NONBLOCK: opening a FIFO with no writer must not hang; fstat then rejects it.
+        fd = os.open(
+            source, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+        )
+        with os.fdopen(fd, "rb") as f:
             st = os.fstat(f.fileno())
             if not stat.S_ISREG(st.st_mode):
                 raise KpkgIOError("not a regular file")

@@ -29,18 +29,23 @@ from esperc.ir.graph import Func
 from esperc.ir.interpreter import GuardError, check_guards
 from esperc.ir.parser import parse_func
 from esperc.kpkg import Kpkg, KpkgError, read_kpkg
+from esperc.runtime.checks import (
+    PackageContentError,
+    check_content,
+    check_kernels_present,
+    check_tensors,
+)
 from esperc.runtime.executor import CubinKernel, execute, load_interpreted
-from esperc.runtime.packaged import compiled_kernel_from_manifest
+from esperc.runtime.packaged import (
+    bucket_of,
+    compiled_kernel_from_manifest,
+    dispatch_plan,
+    has_variants,
+)
 
 
 class FallbackError(RuntimeError):
     """No packaged kernel can run these tensors and ``fallback="error"`` was asked for."""
-
-
-class PackageContentError(KpkgError):
-    """The container is intact but its content is not a runnable esperc package."""
-
-    exit_code = 17
 
 
 class EsperWarning(UserWarning):
@@ -68,6 +73,8 @@ class Artifact:
     _sources: str = field(default="", repr=False)
     _kernels: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
     _warned: set[str] = field(default_factory=set, repr=False)
+    _dispatched: dict[tuple[str, str], tuple[Plan, dict]] = field(default_factory=dict, repr=False)
+    _backward: dict[Any, Any] = field(default_factory=dict, repr=False)  # runtime.autograd
 
     # ---------------------------------------------------------------- calling
 
@@ -100,17 +107,37 @@ class Artifact:
             FallbackError: no packaged kernel fits and ``fallback="error"``.
         """
         tensors = self.bind(args, kwargs)
+        if "backward" in self.manifest and _wants_grad(tensors):
+            from esperc.runtime.autograd import call_with_grad
+
+            outs = call_with_grad(self, tensors)
+        else:
+            outs = self.run_all(tensors)[: self.num_outputs]
+        return outs[0] if len(outs) == 1 else outs
+
+    @property
+    def num_outputs(self) -> int:
+        """The blueprint's result count (a training package's forward returns saved values
+        after them)."""
+        return int(self.manifest.get("backward", {}).get("num_outputs", len(self.plan.results)))
+
+    def run_all(self, tensors: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        """Every result of the packaged function (bound arguments by name), saved values too."""
+        check_tensors(self.name, tensors)
         dims = check_guards(self.func, tensors)
         tensors = _normalise(tensors)
         kernels, eager_regions, mode = self._launchers(tensors)
+        plan = self.plan
+        if mode == "cubin" and has_variants(self.manifest):
+            plan, kernels = self._variants(kernels, dims)
         if mode == "eager":
             from esperc.ir.interpreter import run_func
 
             outs = run_func(self.func, tensors)
         else:
-            env = execute(self.func, self.plan, tensors, dims, kernels, eager_regions)
-            outs = tuple(env[r] for r in self.plan.results)
-        return outs[0] if len(outs) == 1 else outs
+            env = execute(self.func, plan, tensors, dims, kernels, eager_regions)
+            outs = tuple(env[r] for r in plan.results)
+        return outs
 
     def as_module(self, params: Mapping[str, torch.Tensor] | None = None) -> torch.nn.Module:
         """An ``nn.Module`` owning the params (``params`` by name, or zeros to be loaded later)."""
@@ -165,17 +192,70 @@ class Artifact:
             from esperc.runtime.cubin import default_runtime
 
             rt = default_runtime()
-            self._kernels[arch] = {
-                name: CubinKernel(compiled_kernel_from_manifest(self.package, name, k, arch), rt)
-                for name, k in self.manifest.get("kernels", {}).items()
-            }
+            try:
+                self._kernels[arch] = {
+                    name: CubinKernel(
+                        compiled_kernel_from_manifest(self.package, name, k, arch), rt
+                    )
+                    for name, k in self.manifest.get("kernels", {}).items()
+                }
+            except KpkgError:
+                raise
+            except (KeyError, TypeError, ValueError) as e:  # a malformed kernels.<k>.targets table
+                raise PackageContentError(
+                    f"{self.package.label}: no usable {arch} kernel table ({type(e).__name__}: {e})"
+                ) from None
         return self._kernels[arch]
+
+    def _variants(self, kernels: dict[str, Any], dims: Mapping[str, int]) -> tuple[Plan, dict]:
+        """Autotuned packages: the plan and cubins of the variants the dispatch tables pick for
+        these dims, cached per (arch, shape bucket): one dict lookup per call after the first."""
+        some = next(iter(kernels.values()), None)
+        arch = some.compiled.target if some is not None else ""
+        key = (arch, bucket_of(dims, dims))
+        hit = self._dispatched.get(key)
+        if hit is None:
+            rt = some.runtime if some is not None else None
+            try:
+                hit = dispatch_plan(self.package, self.manifest, self.plan, arch, dims, kernels,
+                                    lambda ck: CubinKernel(ck, rt))  # fmt: skip
+            except KpkgError:
+                raise
+            except (KeyError, TypeError, ValueError, AttributeError) as e:  # a malformed table
+                raise PackageContentError(
+                    f"{self.package.label}: bad dispatch or variant table ({type(e).__name__}: {e})"
+                ) from None
+            self._dispatched[key] = hit
+        return hit
 
     def _interpreted(self) -> dict[str, Any]:
         if "interpreter" not in self._kernels:
-            source = self.package.member(self.manifest["module"]).decode("utf-8")
-            self._kernels["interpreter"] = load_interpreted(source)
+            where = self.package.label
+            try:
+                source = self.package.member(self.manifest["module"]).decode("utf-8")
+            except KpkgError:
+                raise
+            except (KeyError, UnicodeDecodeError) as e:
+                raise PackageContentError(f"{where}: no packaged Triton module ({e})") from None
+            try:
+                kernels = load_interpreted(source)
+            except ImportError:
+                raise  # Triton missing: the caller falls back
+            except Exception as e:  # noqa: BLE001 - packaged source that fails to load is bad content
+                raise PackageContentError(
+                    f"{where}: packaged Triton module does not load ({type(e).__name__}: {e})"
+                ) from None
+            from triton.runtime.jit import KernelInterface
+
+            check_kernels_present(self.plan, kernels, KernelInterface, where)
+            self._kernels["interpreter"] = kernels
         return self._kernels["interpreter"]
+
+
+def _wants_grad(tensors: Mapping[str, torch.Tensor]) -> bool:
+    return torch.is_grad_enabled() and any(
+        isinstance(t, torch.Tensor) and t.requires_grad for t in tensors.values()
+    )
 
 
 def _normalise(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -203,13 +283,17 @@ def load(path: str | Path | bytes, fallback: str = "eager") -> Artifact:
     if fallback not in ("eager", "error"):
         raise ValueError(f"fallback must be 'eager' or 'error', not {fallback!r}")
     pkg = read_kpkg(path, verify=True)
-    m = pkg.manifest
+    m, where = pkg.manifest, pkg.label  # the label, not ``path``: that may be the file's bytes
     try:
         ir_text = pkg.member(m["blueprint"]["ir"]).decode("utf-8")
-        func = parse_func(ir_text, "ir.eir")
         plan = plan_from_json(pkg.member(m["plan"]))
+    except KpkgError:
+        raise  # a missing or misnamed member says so itself
     except (KeyError, TypeError, UnicodeDecodeError, PlanFormatError, json.JSONDecodeError) as e:
-        raise PackageContentError(f"{path}: not a runnable esperc package ({e})") from None
-    except Exception as e:  # noqa: BLE001 - a DiagnosticError from the IR parser
-        raise PackageContentError(f"{path}: packaged IR does not parse ({e})") from None
+        raise PackageContentError(f"{where}: not a runnable esperc package ({e})") from None
+    try:
+        func = parse_func(ir_text, "ir.eir")
+    except Exception as e:  # noqa: BLE001 - a DiagnosticError (or worse) from hostile IR text
+        raise PackageContentError(f"{where}: packaged IR does not parse ({e})") from None
+    check_content(func, plan, m, where)
     return Artifact(m["blueprint"]["name"], func, plan, m, pkg, fallback)

@@ -87,6 +87,14 @@ def region_nodes(func: Func) -> dict[str, list[Node]]:
     return out
 
 
+def plan_constants(plan: Plan, device: torch.device) -> dict[str, torch.Tensor]:
+    """The plan's rank-0 constants as tensors on ``device``."""
+    return {
+        value: torch.tensor(lit, dtype=TORCH_DTYPE[DType(dtype)], device=device)
+        for value, dtype, lit in plan.constants
+    }
+
+
 def execute(
     func: Func,
     plan: Plan,
@@ -94,6 +102,7 @@ def execute(
     dims: Mapping[str, int],
     kernels: Mapping[str, Any],
     eager_regions: frozenset[str] = frozenset(),
+    constants: Mapping[str, torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Run every step of ``plan``; returns the environment of values by IR name.
 
@@ -104,11 +113,12 @@ def execute(
         dims: the dynamic dims bound from the inputs.
         kernels: kernel name -> launchable (jit function, interpreter function or CubinKernel).
         eager_regions: regions to evaluate with the PyTorch reference instead of their kernel.
+        constants: the plan's constants already on the inputs' device (``plan_constants``);
+            made here when None (a host-to-device copy per constant: callers cache them).
     """
     device = next(iter(inputs.values())).device if inputs else torch.device("cpu")
     env: dict[str, torch.Tensor] = dict(inputs)
-    for value, dtype, lit in plan.constants:
-        env[value] = torch.tensor(lit, dtype=TORCH_DTYPE[DType(dtype)], device=device)
+    env.update(constants if constants is not None else plan_constants(plan, device))
     members = region_nodes(func) if eager_regions else {}
     interpreted = any(type(k).__name__ == "InterpretedFunction" for k in kernels.values())
     with _bf16_dot_for_interpreter(interpreted):

@@ -16,9 +16,6 @@ from esperc.backend.triton.aot import KernelSpec, compile_many
 from esperc.backend.triton.emitter import generate
 from esperc.ir.parser import parse_func
 
-pytest.importorskip("triton")
-
-
 FULL_SIZE = """
 func @block {
   dim B in [1, 65536]

@@ -18,7 +18,6 @@ from esperc.backend.triton.launcher import run_generated
 from esperc.driver import Options, compile_ir
 from esperc.ir.interpreter import random_inputs
 
-pytest.importorskip("triton")
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
 
 SAMPLES = Path(__file__).resolve().parents[2] / "samples"

@@ -45,6 +45,7 @@ SAMPLE_KINDS = {
     "softmax": ["reduction"],
     "squeeze_excite": ["reduction", "matmul", "matmul", "view", "pointwise"],
     "swiglu_mlp": ["matmul", "matmul", "matmul"],
+    "tiny_adapter": ["reduction", "matmul", "matmul"],
 }
 
 

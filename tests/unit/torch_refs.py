@@ -191,6 +191,22 @@ def cross_entropy(logits: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
     return nll.mean(), nll
 
 
+def tiny_adapter(
+    x: Tensor,
+    ln_w: Tensor,
+    ln_b: Tensor,
+    w1: Tensor,
+    b1: Tensor,
+    w2: Tensor,
+    b2: Tensor,
+    *,
+    eps: float = 1e-5,
+) -> Tensor:
+    """Pre-LN residual adapter in f32: x + W2 gelu(W1 LN(x) + b1) + b2. x: [B, 32]."""
+    h = F.layer_norm(x, (x.shape[-1],), ln_w, ln_b, eps)
+    return x + F.linear(F.gelu(F.linear(h, w1, b1)), w2, b2)
+
+
 REFS: dict[str, Callable[..., Any]] = {
     "residual_mlp": residual_mlp,
     "layer_norm": layer_norm,
@@ -207,6 +223,7 @@ REFS: dict[str, Callable[..., Any]] = {
     "adaln_modulate": adaln_modulate,
     "squeeze_excite": squeeze_excite,
     "cross_entropy": cross_entropy,
+    "tiny_adapter": tiny_adapter,
 }
 
 SMALL_DIMS: dict[str, dict[str, int]] = {
@@ -225,6 +242,7 @@ SMALL_DIMS: dict[str, dict[str, int]] = {
     "adaln_modulate": {"B": 2, "T": 9},
     "squeeze_excite": {"B": 2, "H": 5, "W": 7},
     "cross_entropy": {"N": 11},
+    "tiny_adapter": {"B": 5},
 }
 
 ATTRS: dict[str, dict[str, float | int | bool]] = {
@@ -235,6 +253,7 @@ ATTRS: dict[str, dict[str, float | int | bool]] = {
     "causal_attention": {"scale": 0.25},
     "multi_head_attention": {"causal": True},
     "adaln_modulate": {"eps": 1e-3},
+    "tiny_adapter": {"eps": 1e-3},
 }
 
 INT_INPUT_BOUNDS: dict[str, dict[str, tuple[int, int]]] = {

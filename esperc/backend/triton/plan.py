@@ -14,11 +14,12 @@ Grid axes are products of terms: ``("cdiv", "B*S", "BLOCK_M")`` is ``ceil(B*S / 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Union
 
-from esperc.ir.dimexpr import evaluate, parse_dimexpr
+from esperc.ir.dimexpr import DimExpr, evaluate, parse_dimexpr
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,9 +119,19 @@ class Plan:
     constants: tuple[tuple[str, str, object], ...] = field(default=())  # (value, dtype, literal)
 
 
+@functools.lru_cache(maxsize=4096)
+def _parsed(expr: str) -> DimExpr:
+    return parse_dimexpr(expr)
+
+
 def eval_expr(expr: str, dims: Mapping[str, int]) -> int:
-    """Value of a printed dim expression for these dim values."""
-    return int(evaluate(parse_dimexpr(expr), dict(dims)))
+    """Value of a printed dim expression for these dim values (parsed once per expression:
+    this runs for every launch argument and grid axis of every call)."""
+    if expr in dims:
+        return int(dims[expr])
+    if expr.isdigit():
+        return int(expr)
+    return int(evaluate(_parsed(expr), dims))  # type: ignore[arg-type]
 
 
 def eval_grid(

@@ -164,7 +164,9 @@ def _matmul_model(
         # 72-712 bytes, 128x128 ran as fast or faster).
         ok = [c for c in kept if c[4] >= 2 and c[0] <= cap[0] and c[1] <= cap[1] and c[2] <= cap[2]
               and c[0] * c[1] <= 64 * 32 * c[3]] or kept  # fmt: skip
-        return max(ok, key=lambda c: (c[0] * c[1], -abs(c[0] - c[1]), -abs(c[2] - 64), min(c[4], 3), -c[4]))
+        return max(
+            ok, key=lambda c: (c[0] * c[1], -abs(c[0] - c[1]), -abs(c[2] - 64), min(c[4], 3), -c[4])
+        )
 
     return tg.MATMUL_KEYS, tg.matmul_configs(), plan_of, pick
 
