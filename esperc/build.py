@@ -157,6 +157,23 @@ def build_package(
     )  # fmt: skip
 
 
+def package_from_cache(cache: Any, source_path: Path, opts: Any, out: Path) -> BuildResult | None:
+    """Write the cached package of (source, options) to ``out``; None on a miss.
+
+    Raises:
+        DiagnosticError: the source cannot be read (E0502/E0005).
+    """
+    from esperc.cache import CacheKey
+    from esperc.driver import read_source
+
+    start = time.perf_counter()
+    blob = cache.get(CacheKey.build(read_source(source_path), opts))
+    if blob is None:
+        return None
+    _write_bytes_atomic(out, blob)
+    return _result_from_package(out, time.perf_counter() - start)
+
+
 def _write_bytes_atomic(path: Path, data: bytes) -> None:
     from esperc.kpkg.writer import write_atomic
 

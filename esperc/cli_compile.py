@@ -88,11 +88,16 @@ def run_compile(
 
         _emit_text(ui, print_plan(differentiate(driver.lower(file, opts))), output)
         return
-    from esperc.backend.targets import local_arch
+    arch = None
+    if target.strip() == "auto":  # probing the GPU imports torch: only when asked to
+        from esperc.backend.targets import local_arch
 
-    opts.targets = driver.parse_targets(target, local_arch())
+        arch = local_arch()
+    opts.targets = driver.parse_targets(target, arch)
     if pipeline is not None:
         opts.pipeline = pipeline
+    if emit == "kpkg" and not opts.backward and _cached_package(ui, file, output, opts):
+        return
     opts.explain_fusion = explain_fusion
     hook, _ = _after_pass_hook(ui, print_ir_after, dump_dir, print_loc)
     opts.after_pass = hook  # type: ignore[assignment]
@@ -122,6 +127,27 @@ def run_compile(
         ui.print_json(result.summary())
     else:
         ui.note(result.one_line())
+
+
+def _cached_package(ui: UI, file: Path, output: Path | None, opts: driver.Options) -> bool:
+    """On a kernel-cache hit, write the stored package and report it; False on a miss.
+
+    The key covers only the source bytes and options, so this runs before lowering: a hit costs
+    a read, a checksum pass and an atomic write.
+    """
+    cache = _cache(ui)
+    if cache is None:
+        return False
+    from esperc.build import package_from_cache
+
+    result = package_from_cache(cache, file, opts, output or file.with_suffix(".kpkg"))
+    if result is None:
+        return False
+    if ui.json:
+        ui.print_json(result.summary())
+    else:
+        ui.note(result.one_line())
+    return True
 
 
 def _cache(ui: UI):  # noqa: ANN202 - a KernelCache, or None when ESPERC_NO_CACHE=1
