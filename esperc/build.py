@@ -157,17 +157,12 @@ def build_package(
     )  # fmt: skip
 
 
-def package_from_cache(cache: Any, source_path: Path, opts: Any, out: Path) -> BuildResult | None:
-    """Write the cached package of (source, options) to ``out``; None on a miss.
-
-    Raises:
-        DiagnosticError: the source cannot be read (E0502/E0005).
-    """
+def package_from_cache(cache: Any, source: bytes, opts: Any, out: Path) -> BuildResult | None:
+    """Write the cached package of (source bytes, options) to ``out``; None on a miss."""
     from esperc.cache import CacheKey
-    from esperc.driver import read_source
 
     start = time.perf_counter()
-    blob = cache.get(CacheKey.build(read_source(source_path), opts))
+    blob = cache.get(CacheKey.build(source, opts))
     if blob is None:
         return None
     _write_bytes_atomic(out, blob)

@@ -140,7 +140,8 @@ def _cached_package(ui: UI, file: Path, output: Path | None, opts: driver.Option
         return False
     from esperc.build import package_from_cache
 
-    result = package_from_cache(cache, file, opts, output or file.with_suffix(".kpkg"))
+    source = driver.read_source(file)
+    result = package_from_cache(cache, source, opts, output or file.with_suffix(".kpkg"))
     if result is None:
         return False
     if ui.json:
