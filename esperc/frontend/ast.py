@@ -8,6 +8,7 @@ line, ``@line:col`` spans) used by ``esperc compile --emit ast`` and the lit tes
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
 from typing import Union
 
@@ -295,3 +296,19 @@ def dump_ast(node: Node) -> str:
         for lab, child in reversed(children):
             stack.append((depth + 1, lab, child))
     return "\n".join(out)
+
+
+def sub_exprs(e: Expr) -> Iterator[Expr]:
+    """Every expression node inside ``e`` (``e`` included), pre-order, iteratively."""
+    stack = [e]
+    while stack:
+        x = stack.pop()
+        yield x
+        if isinstance(x, BinOp):
+            stack += [x.rhs, x.lhs]
+        elif isinstance(x, UnaryOp):
+            stack.append(x.operand)
+        elif isinstance(x, Call):
+            stack += [k.value for k in reversed(x.kwargs)] + list(reversed(x.args))
+        elif isinstance(x, ListExpr | TupleExpr):
+            stack += list(reversed(x.items))

@@ -133,21 +133,7 @@ def _want(kind: str, want: str, e: ast.Expr) -> None:
 
 def names_in(e: ast.Expr) -> list[str]:
     """Every name an expression mentions, in order, once each (iterative)."""
-    out: list[str] = []
-    stack: list[ast.Expr] = [e]
-    while stack:
-        x = stack.pop()
-        if isinstance(x, ast.Name) and x.id not in out:
-            out.append(x.id)
-        elif isinstance(x, ast.BinOp):
-            stack += [x.rhs, x.lhs]
-        elif isinstance(x, ast.UnaryOp):
-            stack.append(x.operand)
-        elif isinstance(x, ast.Call):
-            stack += [k.value for k in reversed(x.kwargs)] + list(reversed(x.args))
-        elif isinstance(x, ast.ListExpr | ast.TupleExpr):
-            stack += list(reversed(x.items))
-    return out
+    return list(dict.fromkeys(x.id for x in ast.sub_exprs(e) if isinstance(x, ast.Name)))
 
 
 def divide_dims(total: Dim, factors: list[Dim]) -> Dim | None:

@@ -7,23 +7,8 @@ from collections.abc import Iterator, Sequence
 
 from esperc.diagnostics import Diagnostic, Loc, Note, Severity, did_you_mean
 from esperc.frontend import ast
+from esperc.frontend.ast import sub_exprs
 from esperc.frontend.calls import SIGS
-
-
-def sub_exprs(e: ast.Expr) -> Iterator[ast.Expr]:
-    """Every expression node inside ``e`` (``e`` included), pre-order, iteratively."""
-    stack = [e]
-    while stack:
-        x = stack.pop()
-        yield x
-        if isinstance(x, ast.BinOp):
-            stack += [x.rhs, x.lhs]
-        elif isinstance(x, ast.UnaryOp):
-            stack.append(x.operand)
-        elif isinstance(x, ast.Call):
-            stack += [k.value for k in reversed(x.kwargs)] + list(reversed(x.args))
-        elif isinstance(x, ast.ListExpr | ast.TupleExpr):
-            stack += list(reversed(x.items))
 
 
 def stmt_exprs(stmts: Sequence[ast.Stmt | ast.Decl]) -> Iterator[ast.Expr]:

@@ -14,6 +14,7 @@ Kernels whose compile-time validation failed always run as eager regions, with o
 
 from __future__ import annotations
 
+import functools
 import json
 import warnings
 from collections.abc import Mapping, Sequence
@@ -147,12 +148,17 @@ class Artifact:
 
     # ---------------------------------------------------------------- launchers
 
-    def _launchers(self, tensors: Mapping[str, torch.Tensor]) -> tuple[dict, frozenset, str]:
-        device = next(iter(tensors.values())).device
-        failed = frozenset(
+    @functools.cached_property
+    def _failed_regions(self) -> frozenset[str]:
+        """Regions whose kernels failed validation at compile time (read once, not per call)."""
+        return frozenset(
             k["region"] for k in self.manifest.get("kernels", {}).values()
             if k.get("validation", {}).get("status") == "fail"
         )  # fmt: skip
+
+    def _launchers(self, tensors: Mapping[str, torch.Tensor]) -> tuple[dict, frozenset, str]:
+        device = next(iter(tensors.values())).device
+        failed = self._failed_regions
         if failed:
             self._warn_once(
                 "failed", f"{self.name}: kernels of regions {sorted(failed)} failed validation "

@@ -135,4 +135,4 @@ def execute(
 def _bf16_dot_for_interpreter(active: bool) -> contextlib.AbstractContextManager[None]:
     from esperc.backend.triton import launcher
 
-    return launcher._interpreter_fixes(active)  # noqa: SLF001 - shared interpreter fix-ups
+    return launcher.interpreter_fixes(active)

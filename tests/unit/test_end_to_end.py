@@ -13,17 +13,11 @@ from torch_refs import ATTRS, INT_INPUT_BOUNDS, REFS, SMALL_DIMS
 import esperc
 from esperc import build, driver
 from esperc.ir.interpreter import random_inputs
+from esperc.ir.numerics import rel_err
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = sorted(p.stem for p in (ROOT / "samples").glob("*.esp"))
 TOL = {torch.bfloat16: 2e-2, torch.float16: 5e-3, torch.float32: 1e-3}
-
-
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    if not a.is_floating_point():
-        return 0.0 if torch.equal(a, b) else float("inf")
-    a64, b64 = a.double(), b.double()
-    return float((a64 - b64).norm() / b64.norm().clamp_min(1e-30))
 
 
 def _inputs(art, dims: dict[str, int], seed: int) -> dict[str, torch.Tensor]:
@@ -63,7 +57,7 @@ def test_sample_compiles_packs_loads_and_matches_pytorch(name: str, tmp_path: Pa
         assert len(got) == len(want)
         for g, w in zip(got, want):
             assert g.shape == w.shape and g.dtype == w.dtype, (g.shape, w.shape, g.dtype, w.dtype)
-            assert _rel(g, w) <= TOL.get(w.dtype, 0.0), (name, dims, _rel(g, w))
+            assert rel_err(g, w) <= TOL.get(w.dtype, 0.0), (name, dims, rel_err(g, w))
 
 
 def test_attr_override_reaches_the_package(tmp_path: Path) -> None:
@@ -77,4 +71,4 @@ def test_attr_override_reaches_the_package(tmp_path: Path) -> None:
     art = esperc.load(tmp_path / "o.kpkg")
     inputs = _inputs(art, SMALL_DIMS[name], 0)
     got, want = art(**inputs), REFS[name](**inputs, **ATTRS[name])
-    assert _rel(got, want) <= TOL[want.dtype]
+    assert rel_err(got, want) <= TOL[want.dtype]

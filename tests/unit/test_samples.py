@@ -13,6 +13,7 @@ from torch_refs import INT_INPUT_BOUNDS, REFS, SMALL_DIMS
 from esperc import driver
 from esperc.ir.hashing import canonical_hash
 from esperc.ir.interpreter import random_inputs, run_func
+from esperc.ir.numerics import rel_err
 from esperc.ir.parser import parse_func
 from esperc.ir.printer import print_func
 from esperc.ir.serialize import from_json, to_json
@@ -23,13 +24,6 @@ SAMPLES = sorted(p.stem for p in (ROOT / "samples").glob("*.esp"))
 # Eager bf16/f16 evaluation of the same ops in the same order: only reassociation inside
 # PyTorch's own kernels can differ.
 TOL = {torch.bfloat16: 1e-2, torch.float16: 2e-3, torch.float32: 1e-5}
-
-
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    if not a.is_floating_point():
-        return 0.0 if torch.equal(a, b) else float("inf")
-    a64, b64 = a.double(), b.double()
-    return float((a64 - b64).norm() / b64.norm().clamp_min(1e-30))
 
 
 def test_there_are_at_least_ten_samples_each_with_a_header_comment() -> None:
@@ -66,7 +60,7 @@ def test_sample_eager_matches_independent_pytorch(name: str) -> None:
         assert len(got) == len(want)
         for a, b in zip(got, want):
             assert a.shape == b.shape and a.dtype == b.dtype
-            assert _rel(a, b) <= TOL.get(b.dtype, 0.0), (name, dims, _rel(a, b))
+            assert rel_err(a, b) <= TOL.get(b.dtype, 0.0), (name, dims, rel_err(a, b))
 
 
 def test_every_registered_pass_has_a_lit_file() -> None:

@@ -103,7 +103,7 @@ def run_generated(
     for value, dtype, lit in plan.constants:
         env[value] = torch.tensor(lit, dtype=TORCH_DTYPE[DType(dtype)], device=device)
     interpreted = any(type(k).__name__ == "InterpretedFunction" for k in kernels.values())
-    with _interpreter_fixes(interpreted):
+    with interpreter_fixes(interpreted):
         for step in plan.steps:
             if isinstance(step, ViewOp):
                 env[step.result] = apply_view(step, env, dims)
@@ -113,7 +113,7 @@ def run_generated(
 
 
 @contextmanager
-def _interpreter_fixes(active: bool) -> Iterator[None]:
+def interpreter_fixes(active: bool) -> Iterator[None]:
     """Work around two Triton interpreter bugs while interpreting (compiled kernels unaffected).
 
     * bf16 ``tl.dot`` operands are multiplied as raw bits (unsupported upstream,
