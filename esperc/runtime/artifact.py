@@ -36,7 +36,15 @@ from esperc.runtime.checks import (
     check_kernels_present,
     check_tensors,
 )
-from esperc.runtime.executor import CubinKernel, execute, load_interpreted
+from esperc.runtime.executor import (
+    CubinKernel,
+    JitBound,
+    enter_interpreter_fixes,
+    execute,
+    load_interpreted,
+    plan_constants,
+)
+from esperc.runtime.launch_list import MAX_SIGNATURES, LaunchList, Signature, record, signature
 from esperc.runtime.packaged import (
     bucket_of,
     compiled_kernel_from_manifest,
@@ -74,8 +82,13 @@ class Artifact:
     _sources: str = field(default="", repr=False)
     _kernels: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
     _warned: set[str] = field(default_factory=set, repr=False)
-    _dispatched: dict[tuple[str, str], tuple[Plan, dict]] = field(default_factory=dict, repr=False)
-    _backward: dict[Any, Any] = field(default_factory=dict, repr=False)  # runtime.autograd
+    # per-plan caches: fresh in a ``dataclasses.replace`` copy (a pruned backward plan)
+    _dispatched: dict[tuple[str, str], tuple[Plan, dict]] = field(
+        default_factory=dict, init=False, repr=False
+    )
+    _backward: dict[Any, Any] = field(default_factory=dict, init=False, repr=False)  # autograd
+    _lists: dict[Signature, LaunchList] = field(default_factory=dict, init=False, repr=False)
+    _constants: dict[Any, dict] = field(default_factory=dict, init=False, repr=False)
 
     # ---------------------------------------------------------------- calling
 
@@ -117,13 +130,28 @@ class Artifact:
         return outs[0] if len(outs) == 1 else outs
 
     @property
+    def launch_lists(self) -> int:
+        """How many call signatures have a resolved launch list (``runtime.launch_list``)."""
+        return len(self._lists)
+
+    @property
     def num_outputs(self) -> int:
         """The blueprint's result count (a training package's forward returns saved values
         after them)."""
         return int(self.manifest.get("backward", {}).get("num_outputs", len(self.plan.results)))
 
     def run_all(self, tensors: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
-        """Every result of the packaged function (bound arguments by name), saved values too."""
+        """Every result of the packaged function (bound arguments by name), saved values too.
+
+        A call whose signature (names, shapes, dtypes, devices of dense contiguous aligned
+        tensors) was seen before replays its ``LaunchList``: the guards passed for that
+        signature, and grids, scalars and allocation shapes are functions of it.
+        """
+        key = signature(tensors)
+        if key is not None:
+            hit = self._lists.get(key)
+            if hit is not None:
+                return hit.run(tensors)
         check_tensors(self.name, tensors)
         dims = check_guards(self.func, tensors)
         tensors = _normalise(tensors)
@@ -134,11 +162,51 @@ class Artifact:
         if mode == "eager":
             from esperc.ir.interpreter import run_func
 
-            outs = run_func(self.func, tensors)
+            return run_func(self.func, tensors)
+        constants = self._device_constants(next(iter(tensors.values())).device)
+        if key is None or eager_regions:
+            env = execute(self.func, plan, tensors, dims, kernels, eager_regions, constants)
         else:
-            env = execute(self.func, plan, tensors, dims, kernels, eager_regions)
-            outs = tuple(env[r] for r in plan.results)
-        return outs
+            env, resolved = self._record(plan, tensors, dims, kernels, constants, mode)
+            if resolved is not None:
+                if len(self._lists) >= MAX_SIGNATURES:
+                    self._lists.pop(next(iter(self._lists)))
+                self._lists[key] = resolved
+        return tuple(env[r] for r in plan.results)
+
+    def _device_constants(self, device: torch.device) -> dict[str, torch.Tensor]:
+        if device not in self._constants:
+            self._constants[device] = plan_constants(self.plan, device)
+        return self._constants[device]
+
+    def _record(
+        self, plan: Plan, tensors: dict, dims: dict, kernels: dict, constants: dict, mode: str
+    ) -> tuple[dict[str, torch.Tensor], LaunchList | None]:
+        """Execute ``plan`` and resolve it into a launch list for this call's signature."""
+
+        def run(p: Plan, env: dict, d: dict, k: dict, c: dict) -> dict[str, torch.Tensor]:
+            return execute(self.func, p, env, d, k, frozenset(), c)
+
+        if mode == "interpreter":
+            return record(plan, tensors, dims, kernels, constants, run,
+                          bind=JitBound, enter=enter_interpreter_fixes)  # fmt: skip
+        device = next(iter(tensors.values())).device
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        some = next(iter(kernels.values()), None)
+        if some is None:
+            return execute(self.func, plan, tensors, dims, kernels, frozenset(), constants), None
+        rt = some.runtime
+        raw = getattr(torch._C, "_cuda_getCurrentRawStream", None)  # noqa: SLF001 - as Inductor
+        if raw is not None:
+            stream_of = functools.partial(raw, index)
+        else:  # pragma: no cover - older PyTorch builds
+            stream_of = lambda: torch.cuda.current_stream(index).cuda_stream  # noqa: E731
+
+        def bind(k: CubinKernel, grid: tuple, args: tuple, _kw: dict) -> Any:
+            return rt.bind(k.compiled, grid, args, index)
+
+        return record(plan, tensors, dims, kernels, constants, run, bind=bind,
+                      stream_of=stream_of, enter=functools.partial(rt.enter, index))  # fmt: skip
 
     def as_module(self, params: Mapping[str, torch.Tensor] | None = None) -> torch.nn.Module:
         """An ``nn.Module`` owning the params (``params`` by name, or zeros to be loaded later)."""

@@ -139,6 +139,48 @@ class CubinRuntime:
         except cu.CudaDriverError as exc:
             raise CubinLaunchError(f"launching {kernel.name} on cuda:{device}: {exc}") from exc
 
+    def bind(
+        self, kernel: CompiledKernel, grid: Sequence[int], args: Sequence[Any], device: int
+    ) -> BoundLaunch | None:
+        """A launch of ``kernel`` on ``grid`` with ``args`` whose tensor arguments change per call.
+
+        The scalars, grid and launch config are packed once; ``BoundLaunch.run`` writes the
+        tensors' addresses and launches. None when the kernel takes scratch buffers (allocated
+        per launch: such kernels go through :meth:`launch`).
+
+        Raises:
+            CubinLaunchError: as :meth:`launch`, for a bad argument or a failed module load.
+        """
+        import torch
+
+        if len(kernel.args) != len(kernel.user_args):
+            return None
+        gx, gy, gz = _check_grid(kernel, grid)
+        loaded = self.load(kernel, device)
+        if len(args) != len(kernel.user_args):
+            raise CubinLaunchError(f"{kernel.name} takes {len(kernel.user_args)} arguments")
+        values, slots = [], []
+        for spec, value in zip(kernel.user_args, args, strict=True):
+            if isinstance(value, torch.Tensor):
+                _to_ctype(kernel, spec, value, device)  # device and alignment checks
+                slot = ctypes.c_uint64(0)
+                slots.append(slot)
+                values.append(slot)
+            else:
+                values.append(_to_ctype(kernel, spec, value, device))
+        params = (ctypes.c_void_p * len(values))(*(ctypes.addressof(v) for v in values))
+        config, attrs = _launch_config(kernel, (gx, gy, gz), 0)
+        return BoundLaunch(
+            kernel.name, loaded.function, params, slots, config, (values, attrs),
+            empty=gx * gy * gz == 0,
+        )  # fmt: skip
+
+    def enter(self, device: int) -> Any:
+        """Make ``device``'s primary context current; returns the undo (None: nothing to undo)."""
+        ctx = self._context(device)
+        ctx.__enter__()
+        return ctx.__exit__ if ctx._pushed else None  # noqa: SLF001 - its own helper class
+
     def close(self) -> None:
         """Unload every module this runtime loaded (kernels must no longer be running)."""
         drv = cu.driver()
@@ -223,6 +265,45 @@ class _PrimaryContext:
     def __exit__(self, *exc: object) -> None:
         if self._pushed:
             cu.driver().call("cuCtxPopCurrent_v2", ctypes.byref(ctypes.c_void_p()))
+
+
+class BoundLaunch:
+    """One kernel launch with everything but its tensor addresses packed (``CubinRuntime.bind``).
+
+    Not thread-safe on its own: ``run`` writes into the shared parameter array (the caller, a
+    ``runtime.launch_list.LaunchList``, holds a lock).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        function: int,
+        params: ctypes.Array[ctypes.c_void_p],
+        slots: list[ctypes.c_uint64],
+        config: cu.CUlaunchConfig,
+        keep: Any,
+        empty: bool = False,
+    ) -> None:
+        self.name, self._function, self._params, self._slots = name, function, params, slots
+        self._config, self._keep, self._empty = config, keep, empty
+        self._config_ref = ctypes.byref(config)
+        self._launch = cu.driver().entry("cuLaunchKernelEx")
+
+    def run(self, tensors: Sequence[Any], stream: int) -> None:
+        """Launch on ``stream`` with these tensors (one per tensor argument, in order).
+
+        Raises:
+            CubinLaunchError: the driver refused the launch.
+        """
+        if self._empty:
+            return
+        for slot, t in zip(self._slots, tensors, strict=True):
+            slot.value = t.data_ptr()
+        self._config.hStream = stream
+        code = self._launch(self._config_ref, self._function, self._params, None)
+        if code:
+            exc = cu.driver().error("cuLaunchKernelEx", code)
+            raise CubinLaunchError(f"launching {self.name}: {exc}") from exc
 
 
 _DEFAULT: list[CubinRuntime] = []

@@ -117,6 +117,14 @@ class Driver:
         if code != CUDA_SUCCESS:
             raise CudaDriverError(name, code, *self._describe(code))
 
+    def entry(self, name: str) -> Any:
+        """The typed ctypes function ``name`` (for hot paths that check the code themselves)."""
+        return getattr(self._lib, name)
+
+    def error(self, name: str, code: int) -> CudaDriverError:
+        """The :class:`CudaDriverError` of ``name`` returning ``code``."""
+        return CudaDriverError(name, code, *self._describe(code))
+
     def _describe(self, code: int) -> tuple[str, str]:
         name, text = ctypes.c_char_p(), ctypes.c_char_p()
         self._lib.cuGetErrorName(code, ctypes.byref(name))

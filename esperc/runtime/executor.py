@@ -41,6 +41,28 @@ class CubinKernel:
         return call
 
 
+class JitBound:
+    """A ``kernel[grid](*args, **kw)`` launch repeated with other tensors (``run``): the
+    interpreter's counterpart of ``runtime.cubin.BoundLaunch`` for launch lists."""
+
+    def __init__(self, kernel: Any, grid: tuple, args: tuple, kw: dict) -> None:
+        self._kernel, self._grid, self._kw, self._args = kernel, grid, kw, list(args)
+        self._at = [i for i, a in enumerate(args) if isinstance(a, torch.Tensor)]
+
+    def run(self, tensors: list[torch.Tensor], _stream: int) -> None:
+        args = list(self._args)
+        for i, t in zip(self._at, tensors, strict=True):
+            args[i] = t
+        self._kernel[self._grid](*args, **self._kw)
+
+
+def enter_interpreter_fixes() -> Any:
+    """Enter ``launcher.interpreter_fixes(True)``; returns its exit (a launch list's ``enter``)."""
+    stack = contextlib.ExitStack()
+    stack.enter_context(_bf16_dot_for_interpreter(True))
+    return stack.close
+
+
 @contextlib.contextmanager
 def interpreter_env() -> Iterator[None]:
     """``TRITON_INTERPRET=1`` while generated source is exec'd (Triton reads it at decoration)."""
@@ -120,7 +142,10 @@ def execute(
     env: dict[str, torch.Tensor] = dict(inputs)
     env.update(constants if constants is not None else plan_constants(plan, device))
     members = region_nodes(func) if eager_regions else {}
-    interpreted = any(type(k).__name__ == "InterpretedFunction" for k in kernels.values())
+    interpreted = any(
+        getattr(k, "interpreted", type(k).__name__ == "InterpretedFunction")
+        for k in kernels.values()
+    )
     with _bf16_dot_for_interpreter(interpreted):
         for step in plan.steps:
             if isinstance(step, ViewOp):

@@ -35,7 +35,9 @@ def test_every_sample_has_a_reference() -> None:
 
 
 @pytest.mark.parametrize("name", SAMPLES)
-def test_sample_compiles_packs_loads_and_matches_pytorch(name: str, tmp_path: Path) -> None:
+def test_sample_compiles_packs_loads_and_matches_pytorch(
+    name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     src = ROOT / "samples" / f"{name}.esp"
     opts = driver.Options(targets=("sm_90", "sm_80"), validate=True)
     func, _ = driver.compile_ir(src, opts)
@@ -58,6 +60,23 @@ def test_sample_compiles_packs_loads_and_matches_pytorch(name: str, tmp_path: Pa
         for g, w in zip(got, want):
             assert g.shape == w.shape and g.dtype == w.dtype, (g.shape, w.shape, g.dtype, w.dtype)
             assert rel_err(g, w) <= TOL.get(w.dtype, 0.0), (name, dims, rel_err(g, w))
+    _replayed_call_matches(art, name, base, monkeypatch)
+
+
+def _replayed_call_matches(art, name: str, dims: dict[str, int], monkeypatch) -> None:  # noqa: ANN001
+    """A third call at the first signature replays its launch list (no guards, no plan
+    interpretation) and still matches the reference on new data."""
+    assert art.launch_lists == 2, art.launch_lists
+    monkeypatch.setattr("esperc.runtime.artifact.check_guards", _must_not_run)
+    inputs = _inputs(art, dims, seed=7)
+    got, want = art(**inputs), REFS[name](**inputs)
+    for g, w in zip(got if isinstance(got, tuple) else (got,),
+                    want if isinstance(want, tuple) else (want,)):  # fmt: skip
+        assert rel_err(g, w) <= TOL.get(w.dtype, 0.0), (name, "replay", rel_err(g, w))
+
+
+def _must_not_run(*_a, **_k):  # noqa: ANN002, ANN003, ANN202
+    raise AssertionError("a replayed call checked guards again")
 
 
 def test_attr_override_reaches_the_package(tmp_path: Path) -> None:
