@@ -1,7 +1,6 @@
 """The backward part of a training package (``esperc compile --backward``).
 
-    lowered func -> differentiate -> (extended forward, backward) -> trailing-axis reductions
-    -> default pipeline on both -> the forward goes through ``build_package`` as usual; the
+    lowered func -> differentiate -> (extended forward, backward) -> default pipeline on both -> the forward goes through ``build_package`` as usual; the
     backward is generated, compiled per target and validated here -> ``[backward]`` manifest
     table + members ``backward.eir``, ``backward_plan.json``, ``kernels/backward_module.py``
     and the backward cubins.
@@ -19,11 +18,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from esperc.backend.plan_io import plan_to_json
-from esperc.ir.graph import Func, Node, make_attrs
+from esperc.ir.graph import Func
 from esperc.ir.hashing import canonical_hash
-from esperc.ir.ops import REDUCTIONS, Op, infer_type
 from esperc.ir.printer import print_func
-from esperc.ir.types import SymDim, TensorType
 from esperc.middle.autodiff import BackwardPlan, differentiate
 from esperc.middle.pass_manager import PassContext, parse_pipeline, run_pipeline
 from esperc.middle.registry import load_passes
@@ -65,63 +62,9 @@ def prepare(func: Func, opts: Any) -> TrainingFuncs:
 
     def run(f: Func) -> Func:
         ctx = PassContext(target=target, verify_each=opts.verify_each, after_pass=opts.after_pass)
-        return run_pipeline(trailing_reductions(f), passes, ctx)
+        return run_pipeline(f, passes, ctx)
 
     return TrainingFuncs(plan, run(plan.forward), run(plan.backward))
-
-
-def trailing_reductions(func: Func) -> Func:
-    """Rewrite each reduction over non-trailing axes (a bias gradient sums over the batch,
-    axis 0) as permute (reduced axes last) -> reshape (one reduced axis) -> reduction over the
-    last axis -> reshape to the original result: the Triton templates reduce rows only.
-
-    Preserves: values and names of every original result. Requires: a verified function.
-    """
-    used = {a.name for a in func.args} | {n.result for n in func.body}
-    types = func.types()
-    body: list[Node] = []
-    for n in func.body:
-        if n.op not in REDUCTIONS:
-            body.append(n)
-            continue
-        rank = types[n.operands[0]].rank
-        axes = tuple(n.attr("axis"))  # type: ignore[arg-type]
-        if axes == tuple(range(rank - len(axes), rank)):
-            body.append(n)
-            continue
-        body.extend(_to_trailing(n, types[n.operands[0]], axes, used))
-    return func.with_body(body)
-
-
-def _to_trailing(n: Node, t: TensorType, axes: tuple[int, ...], used: set[str]) -> list[Node]:
-    shape = t.shape
-    kept = [i for i in range(len(shape)) if i not in axes]
-    out: list[Node] = []
-
-    def emit(op: Op, operand: str, attrs: Mapping[str, Any], result: str | None = None) -> str:
-        name = result
-        if name is None:
-            name = f"{n.result}.{op.value}"
-            while name in used:
-                name += "_"
-            used.add(name)
-        a = make_attrs(attrs)
-        rt = infer_type(op, [types_of[operand]], dict(a))
-        types_of[name] = rt
-        out.append(Node(name, op, (operand,), a, rt, n.loc))
-        return name
-
-    types_of = {n.operands[0]: t}
-    v = emit(Op.PERMUTE, n.operands[0], {"dims": [*kept, *axes]})
-    if len(axes) > 1:
-        size: Any = 1
-        for i in axes:
-            size = shape[i] * size if isinstance(shape[i], SymDim) else size * shape[i]
-        v = emit(Op.RESHAPE, v, {"shape": [*(shape[i] for i in kept), size]})
-    attrs = {**n.attr_dict, "axis": [len(kept)], "keepdim": True}
-    v = emit(n.op, v, attrs)
-    emit(Op.RESHAPE, v, {"shape": list(n.type.shape)}, result=n.result)
-    return out
 
 
 def nominal_dims(func: Func) -> dict[str, int]:
@@ -143,7 +86,7 @@ def build_part(
         AotCompileError / CodegenError: a backward kernel Triton or the templates cannot build
             (an esperc bug).
     """
-    from esperc.build_steps import compile_all, generate_all, kernel_entries, validate_all
+    from esperc.build_steps import compile_all, generate_all, validate_all
 
     t = time.perf_counter()
     gen = generate_all(tf.backward)
@@ -154,21 +97,16 @@ def build_part(
     t = time.perf_counter()
     validation = validate_all(tf.backward, gen, progress) if validate else {"status": "skipped"}
     timings["validate_backward"] = time.perf_counter() - t
-    module = "kernels/backward_module.py"
-    kernels, members = kernel_entries(tf.backward, gen, compiled, validation, targets, module)
-    members.update({
-        "backward.eir": print_func(tf.backward).encode(),
-        "backward_plan.json": plan_to_json(gen.plan).encode(),
-        module: gen.source.encode(),
-    })  # fmt: skip
+    return part_table(plan_fields(tf), tf.backward, gen, compiled, validation, targets)
+
+
+def plan_fields(tf: TrainingFuncs) -> dict[str, Any]:
+    """The ``[backward]`` table's fields that describe the differentiation (names, saved values,
+    their bytes at ``nominal_dims``), not the kernels."""
     plan = tf.plan
     dims = nominal_dims(tf.forward)
-    table: dict[str, Any] = {
+    return {
         "name": tf.backward.name,
-        "ir": "backward.eir",
-        "ir_hash": canonical_hash(tf.backward),
-        "plan": "backward_plan.json",
-        "module": module,
         "saved": list(plan.saved),
         "num_outputs": plan.num_outputs,
         "wrt": list(plan.wrt),
@@ -178,6 +116,35 @@ def build_part(
             "bytes": plan.saved_bytes(dims),
             "beyond_args": plan.saved_bytes(dims, include_args=False),
         },
+    }
+
+
+def part_table(
+    fields: Mapping[str, Any],
+    backward: Func,
+    gen: Any,
+    compiled: Mapping[tuple[str, str], Any],
+    validation: Mapping[str, Any],
+    targets: Sequence[str],
+) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """The ``[backward]`` table (``fields`` + members, kernels, validation) and its members for
+    the generated backward ``gen`` (a ``GeneratedModule``) and its cubins ``compiled``: used by
+    compiles (``build_part``) and by autotune (tuned backward kernels)."""
+    from esperc.build_steps import kernel_entries
+
+    module = "kernels/backward_module.py"
+    kernels, members = kernel_entries(backward, gen, compiled, validation, targets, module)
+    members.update({
+        "backward.eir": print_func(backward).encode(),
+        "backward_plan.json": plan_to_json(gen.plan).encode(),
+        module: gen.source.encode(),
+    })  # fmt: skip
+    table: dict[str, Any] = {
+        **fields,
+        "ir": "backward.eir",
+        "ir_hash": canonical_hash(backward),
+        "plan": "backward_plan.json",
+        "module": module,
         "validation": {k: v for k, v in validation.items() if k != "kernels"},
         "kernels": kernels,
     }

@@ -34,6 +34,9 @@ class Group:
         prologue: members computing the A operand of a matmul anchor.
         attrs: kind-specific facts for the code generator (``a``, ``b``, ``trans_b``...).
         reasons: why members joined, for the region's ``reason`` attribute.
+        colsums: column reductions among the members (result -> operand shape): reductions
+            over the leading axes that the kernel accumulates per program and a second
+            (finishing) kernel completes (``backend/triton/kernels/colsum.py``).
     """
 
     kind: str
@@ -45,6 +48,7 @@ class Group:
     prologue: set[str] = field(default_factory=set)
     attrs: dict[str, object] = field(default_factory=dict)
     reasons: list[str] = field(default_factory=list)
+    colsums: dict[str, tuple[Dim, ...]] = field(default_factory=dict)
 
 
 def dim_size(d: Dim, hi: Mapping[str, int], nominal: int = NOMINAL_DIM) -> int:
@@ -132,6 +136,7 @@ class Partition:
     def merge(self, keep: Group, other: Group) -> None:
         keep.members |= other.members
         keep.prologue |= other.prologue
+        keep.colsums.update(other.colsums)
         keep.reasons.extend(r for r in other.reasons if r not in keep.reasons)
         for m in other.members:
             self.group_of[m] = keep

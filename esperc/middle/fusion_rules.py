@@ -10,9 +10,17 @@ Kinds and what each may absorb (``merge_verdict`` returns the merged kind or a r
 - pointwise producer of operand A -> matmul prologue, when all it computes is A;
 - views merge with views; attention regions are closed; everything else stays apart (two
   matmuls, a reduction into a matmul prologue, a matmul into a reduction).
+
+A *column reduction* (a reduction over the leading axes of its operand, such as a bias gradient
+summed over the batch) starts as a pointwise group over its operand's shape and joins the kernel
+that computes the operand: a rows x cols pointwise kernel, a single-pass row reduction over the
+same rows, or a 2-D matmul's epilogue. Nothing in the same kernel may read its result, which is
+complete only after the finishing kernel (``column_verdict``).
 """
 
 from __future__ import annotations
+
+import math
 
 from esperc.ir.graph import Node
 from esperc.ir.ops import (
@@ -23,11 +31,14 @@ from esperc.ir.ops import (
     REDUCTIONS,
     Op,
 )
-from esperc.ir.types import Dim, TypeRuleError, broadcast_shapes, shape_str
+from esperc.ir.types import Dim, TypeRuleError, broadcast_shapes, normalize_axis, shape_str
 from esperc.middle.fusion_graph import Group, Partition
 
 POINTWISE_OPS = ELEMENTWISE | {Op.INDEX, Op.BROADCAST_TO, Op.CONSTANT}
 VIEW_OPS = DATA_MOVEMENT - {Op.BROADCAST_TO}
+# A row reduction holds a whole row in registers up to this length (the backend's single-pass
+# limit, ``backend/triton/configs.MAX_PERSISTENT_N``); only such kernels take column reductions.
+SINGLE_PASS_ROW = 16384
 
 
 def fits(shape: tuple[Dim, ...], space: tuple[Dim, ...]) -> bool:
@@ -47,9 +58,21 @@ def reduction_axes(n: Node) -> tuple[int, ...]:
     return (n.type.rank - 1,)  # layer_norm / rms_norm: the last axis
 
 
+def column_axes(n: Node, rank: int) -> tuple[int, ...] | None:
+    """The reduced axes of ``n`` when it is a column reduction of a rank-``rank`` operand: a
+    reduction over a leading prefix of the axes that keeps at least one axis; else None."""
+    if n.op not in REDUCTIONS or rank < 2:
+        return None
+    axes = tuple(sorted(normalize_axis(a, rank) for a in n.attr("axis")))  # type: ignore[union-attr]
+    return axes if axes and axes == tuple(range(len(axes))) and len(axes) < rank else None
+
+
 def seed(part: Partition, n: Node) -> Group:
     """The one-node group a node starts in."""
     types = part.func.types()
+    if n.op in REDUCTIONS and column_axes(n, types[n.operands[0]].rank) is not None:
+        x = types[n.operands[0]].shape
+        return Group("pointwise", {n.result}, space=x, colsums={n.result: x})
     if n.op in CONTRACTIONS:
         a, b = n.operands[0], n.operands[1]
         g = Group("matmul", {n.result}, space=n.type.shape, anchor=n.result)
@@ -70,8 +93,48 @@ def seed(part: Partition, n: Node) -> Group:
 def _pointwise_space(part: Partition, g: Group) -> tuple[Dim, ...]:
     space: tuple[Dim, ...] = ()
     for m in g.members:
-        space = broadcast_shapes(space, part.nodes[m].type.shape)
+        space = broadcast_shapes(space, g.colsums.get(m, part.nodes[m].type.shape))
     return space
+
+
+def column_verdict(part: Partition, p: Group, c: Group) -> str | None:
+    """Why groups with column reductions cannot merge (None: the other rules decide)."""
+    for g, other in ((p, c), (c, p)):
+        if g.colsums and any(o in g.colsums for m in other.members for o in part.nodes[m].operands):
+            return "a column reduction's result is complete only after its kernel's finishing pass"
+    spaces = set(p.colsums.values()) | set(c.colsums.values())
+    if len(spaces) > 1:
+        return "column reductions over different shapes do not share a kernel"
+    (space,) = spaces
+    kinds = {p.kind, c.kind}
+    if kinds == {"pointwise"}:
+        try:
+            merged = broadcast_shapes(_pointwise_space(part, p), _pointwise_space(part, c))
+        except TypeRuleError:
+            merged = ()
+        if merged != space:
+            return f"a column reduction needs the iteration space {shape_str(space)}"
+        return None
+    lead = len(column_axes(part.nodes[next(iter(p.colsums or c.colsums))],
+                           len(space)) or ())  # fmt: skip
+    other = p if p.kind != "pointwise" else c
+    if other.kind == "reduction":
+        row = [other.space[a] for a in other.axes]
+        if other.space != space or other.axes != tuple(range(lead, len(space))):
+            return f"a column reduction of {shape_str(space)} needs the same rows"
+        if not all(isinstance(d, int) for d in row) or math.prod(row) > SINGLE_PASS_ROW:  # type: ignore[arg-type]
+            return "a column reduction fuses only into a single-pass row reduction"
+        return None
+    if other.kind == "matmul":
+        anchor = part.nodes[other.anchor]
+        if other is c:
+            return "a column reduction does not fuse into a matmul's operands"
+        if other.space != space or lead != len(space) - 1:
+            return f"a column reduction of {shape_str(space)} needs the matmul's output rows"
+        if part.func.types()[anchor.operands[1]].rank != 2:
+            return "a column reduction fuses only into a matmul with one (2-D) B operand"
+        return None
+    return f"a column reduction does not fuse into a {other.kind} region"
 
 
 def _reduced_shape(space: tuple[Dim, ...], axes: tuple[int, ...]) -> tuple[Dim, ...]:
@@ -94,6 +157,10 @@ def merge_verdict(
     kinds = {p.kind, c.kind}
     if kinds == {"view"}:
         return None
+    if (p.colsums or c.colsums) and "view" not in kinds:
+        why = column_verdict(part, p, c)
+        if why is not None:
+            return why
     if "view" in kinds:
         return "data movement stays in its own view region"
     if kinds == {"matmul"}:

@@ -19,8 +19,10 @@ def register(cls: type[FunctionPass]) -> type[FunctionPass]:
 
 
 # The default pipeline of `esperc compile`: clean up, decompose composites where fusion gains,
-# clean up again, then form kernel regions and analyse them.
-DEFAULT_PIPELINE = "canonicalize,cse,dce,decompose,canonicalize,cse,dce,fuse,divergence,smem-plan"
+# move reduced middle axes last, clean up again, then form kernel regions and analyse them.
+DEFAULT_PIPELINE = (
+    "canonicalize,cse,dce,decompose,reduce-last,canonicalize,cse,dce,fuse,divergence,smem-plan"
+)
 
 
 def load_passes() -> dict[str, type[FunctionPass]]:

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from esperc.backend.triton.common import CodegenError, sanitize
 from esperc.backend.triton.configs import Config, parse_config
 from esperc.backend.triton.kernels import attention, matmul, pointwise, reduction
-from esperc.backend.triton.kernels.pointwise import Emitted, view_attrs
+from esperc.backend.triton.kernels.assemble import Emitted, view_attrs
 from esperc.backend.triton.lowering import HELPERS
 from esperc.backend.triton.plan import (
     DimBinding,
@@ -80,10 +80,11 @@ def generate(
         if cfg is None and region.attr("config"):
             cfg = parse_config(str(region.attr("config")))
         emitted: Emitted = _TEMPLATES[info.kind](info, cfg, sources or {})
-        parts.append("\n" + emitted.source)
-        kernels.append(emitted.kernel)
-        steps.append(emitted.kernel.launch)
-        steps.extend(emitted.views)
+        for e in emitted.all():
+            parts.append("\n" + e.source)
+            kernels.append(e.kernel)
+            steps.append(e.kernel.launch)
+            steps.extend(e.views)
     plan = Plan(tuple(steps), func.results, bindings(func), _constants(func))
     return GeneratedModule(func.name, "\n".join(parts), tuple(kernels), plan)
 

@@ -12,15 +12,18 @@ from __future__ import annotations
 
 import hashlib
 import linecache
+import os
 import sys
 import types
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
+import numpy as np
 import torch
 
 from esperc.backend.triton.plan import (
+    Alloc,
     DimArg,
     GeneratedModule,
     KernelLaunch,
@@ -31,7 +34,8 @@ from esperc.backend.triton.plan import (
     eval_expr,
     eval_grid,
 )
-from esperc.ir.graph import Func
+from esperc.ir.graph import Func, Node
+from esperc.ir.ops import Op
 from esperc.ir.types import DType, eval_dim
 
 TORCH_DTYPE = {
@@ -60,6 +64,27 @@ def load_module(source: str) -> dict[str, Any]:
     finally:
         del sys.modules[module.__name__]
     return module.__dict__
+
+
+def import_triton_normally() -> None:
+    """Import Triton (and the parts it imports lazily while interpreting) outside interpreter
+    mode. Imported first under ``TRITON_INTERPRET=1``, ``triton.language``'s own jit functions
+    (``tl.max``...) are made interpreter functions for good and every later compile in the
+    process fails; its gluon package is built wrongly too. Call this before setting the
+    variable."""
+    import importlib
+
+    saved = os.environ.pop("TRITON_INTERPRET", None)
+    try:
+        import triton  # noqa: F401
+
+        try:
+            importlib.import_module("triton.experimental.gluon")
+        except ImportError:  # older Triton releases have no gluon
+            pass
+    finally:
+        if saved is not None:
+            os.environ["TRITON_INTERPRET"] = saved
 
 
 def bind_dims(plan: Plan, func: Func, inputs: Mapping[str, torch.Tensor]) -> dict[str, int]:
@@ -118,6 +143,8 @@ def interpreter_fixes(active: bool) -> Iterator[None]:
 
     * bf16 ``tl.dot`` operands are multiplied as raw bits (unsupported upstream,
       triton-lang/triton#11584): upcast them to fp32 first, as the tensor cores do.
+    * fp32 -> bf16 conversions truncate (``cast_impl`` passes no rounding mode): round to
+      nearest even, as the GPU and PyTorch do.
     * ``tl.standard`` functions (``tl.sum``, ``tl.sigmoid``...) are interpreted only if Triton
       was imported under ``TRITON_INTERPRET=1``: interpret them for the run whatever the import
       order was. And calling them leaves ``triton.language`` builtins patched to the
@@ -130,10 +157,17 @@ def interpreter_fixes(active: bool) -> Iterator[None]:
     from triton.runtime import interpreter
     from triton.runtime.jit import JITFunction
 
-    modules = (tl, tl.core, tl.math, tl.standard, tl.core.tensor)
-    saved = [dict(vars(m)) for m in modules]
+    modules = (tl, tl.core, tl.math, tl.standard)
+    # classes whose attributes the interpreter patches (Triton 3.9 leaks the patches of a
+    # device-function call: ``InterpretedFunction.__call__`` never restores its scope)
+    classes = tuple(
+        c for c in (tl.core.tensor, tl.core.dtype, getattr(tl, "condition", None),
+                    getattr(tl.core, "tensor_descriptor_base", None))
+        if isinstance(c, type)
+    )  # fmt: skip
+    saved = [dict(vars(m)) for m in modules + classes]
     wrapped: dict[int, Any] = {}
-    for m in modules[:-1]:
+    for m in modules:
         for name, value in list(vars(m).items()):
             if isinstance(value, JITFunction):
                 new = wrapped.setdefault(id(value), interpreter.InterpretedFunction(value.fn))
@@ -147,16 +181,30 @@ def interpreter_fixes(active: bool) -> Iterator[None]:
         )
         return original(self, a, b, d, *rest)
 
+    original_cast = builder.cast_impl
+
+    def cast_impl(self, src, dst_type):  # noqa: ANN001, ANN202
+        if src.dtype.scalar == tl.float32 and dst_type.scalar == tl.bfloat16:
+            # Triton 3.9 truncates here; the GPU (and PyTorch) round to nearest even
+            f32 = torch.from_numpy(np.ascontiguousarray(src.data, dtype=np.float32))
+            bits = f32.to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
+            return interpreter.TensorHandle(bits.reshape(np.shape(src.data)), tl.bfloat16)
+        return original_cast(self, src, dst_type)
+
     builder.create_dot = create_dot  # type: ignore[method-assign]
+    builder.cast_impl = cast_impl  # type: ignore[method-assign]
     try:
         yield
     finally:
         builder.create_dot = original  # type: ignore[method-assign]
-        for m, before in zip(modules, saved):
+        builder.cast_impl = original_cast  # type: ignore[method-assign]
+        for m, before in zip(modules + classes, saved):
             for name, value in list(vars(m).items()):
-                # names the interpreter added (its own globals, for rewritten functions) stay
                 if name in before and before[name] is not value:
                     setattr(m, name, before[name])
+                elif name not in before and isinstance(m, type):
+                    delattr(m, name)  # e.g. tensor.__bool__: a compile would call it
+                # names the interpreter added to a module (globals of rewritten functions) stay
 
 
 def apply_view(step: ViewOp, env: Mapping[str, torch.Tensor], dims: Mapping[str, int]):  # noqa: ANN201
@@ -215,6 +263,32 @@ def prepare_launch(
     constexprs = dict(step.constexprs)
     grid = eval_grid(step.grid, dims, constexprs)
     return grid, args, {**constexprs, "num_warps": step.num_warps, "num_stages": step.num_stages}
+
+
+def fold_partials(part: torch.Tensor, node: Node, env: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """What a column reduction's partials buffer ``[P, C]`` stands for (``kernels/colsum.py``):
+    its combine over ``P`` (sum, max, min; a mean divides the sum by the reduced count, read off
+    the operand's shape in ``env``), shaped as ``node``'s result."""
+    if node.op is Op.REDUCE_MAX:
+        out = part.amax(0)
+    elif node.op is Op.REDUCE_MIN:
+        out = part.amin(0)
+    else:
+        out = part.sum(0)
+    if node.op is Op.REDUCE_MEAN:
+        operand = env[node.operands[0]]
+        out = out / (operand.numel() // max(1, out.numel()))
+    return out.reshape(env[node.result].shape) if node.result in env else out
+
+
+def random_partials(alloc: Alloc, dims: Mapping[str, int], device: torch.device) -> torch.Tensor:
+    """A partials buffer of ``alloc``'s shape filled with standard-normal values (integers:
+    small ones), to check a finishing kernel on its own."""
+    shape = [eval_expr(d, dims) for d in alloc.shape]
+    dtype = TORCH_DTYPE[DType(alloc.dtype)]
+    if dtype.is_floating_point:
+        return torch.randn(shape, device=device).to(dtype)
+    return torch.randint(-8, 8, shape, device=device, dtype=dtype)
 
 
 def launch(

@@ -66,6 +66,9 @@ class Alloc:
     value: str
     dtype: str  # IR dtype name: "bf16", "f32", ...
     shape: tuple[str, ...]  # dim expressions
+    # a partials buffer of this IR value's column reduction (not an IR value itself): its
+    # combine over axis 0 is the value (``kernels/colsum.py``); "" for an IR value
+    partial_of: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +171,8 @@ class GeneratedKernel:
         requires: conditions on the constexprs under which the source is correct, e.g.
             ``"256 % BLOCK_N == 0"`` (masks were left out); an autotuner must keep them.
         divisible_by_16: pointer parameters that may be compiled as 16-byte aligned.
+        finishes: for a region's second kernel (the column reductions' finishing kernel), the
+            name of the kernel whose partials it reduces; "" otherwise.
     """
 
     name: str
@@ -179,6 +184,7 @@ class GeneratedKernel:
     launch: KernelLaunch
     requires: tuple[str, ...] = ()
     divisible_by_16: tuple[str, ...] = ()
+    finishes: str = ""
 
 
 @dataclass(frozen=True)

@@ -76,7 +76,8 @@ def region_kind(region: Region, nodes: list[Node]) -> str:
     """The region's ``kind`` attribute, checked against its members (derived when missing or
     inconsistent): attention (two products around a softmax), matmul, reduction, view,
     pointwise."""
-    ops = {n.op for n in nodes}
+    columns = set(str(region.attr("colsum") or "").split(","))  # column reductions: an epilogue
+    ops = {n.op for n in nodes if n.result not in columns}
     products = sum(1 for n in nodes if n.op in CONTRACTIONS)
     if products >= 2 and ops & {Op.SOFTMAX, Op.REDUCE_MAX}:
         derived = "attention"
@@ -84,6 +85,8 @@ def region_kind(region: Region, nodes: list[Node]) -> str:
         derived = "matmul"
     elif ops & (REDUCTIONS | COMPOSITES):
         derived = "reduction"
+    elif len(ops) < len({n.op for n in nodes}) and ops <= DATA_MOVEMENT | {Op.CONSTANT}:
+        derived = "pointwise"  # only column reductions (of a region input)
     elif ops <= DATA_MOVEMENT | {Op.CONSTANT}:
         derived = "view"
     else:

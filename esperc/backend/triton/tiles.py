@@ -159,6 +159,9 @@ class TileSpace:
                 col_part = _mul(self.cols, self.py(istr[0]))
             else:
                 raise CodegenError(f"strided view {view} over several contiguous axes")
+        row_parts = [p for p in row_parts if p != "0"]  # stride-0 axes (broadcast views) do not
+        col_part = "" if col_part == "0" else col_part  # vary: the tile's class drops them
+        c = Cls(c.row and bool(row_parts), c.col and bool(col_part))
         parts = []
         if view.offset != 0:
             parts.append(self.py(view.offset))
@@ -296,6 +299,11 @@ class TileEmitter:
             return val
         if isinstance(low, Template) and low.template == "index":
             return self._index(node, var)
+        if node.op is Op.BROADCAST_TO:  # a register tile broadcasts where it is used
+            src = self.value(node.operands[0])
+            val = TVal(src.expr, src.cls, node.type.dtype, src.literal)
+            self.vals[node.result] = val
+            return val
         if isinstance(low, Reduction) and self.reduce_hook is not None:
             return self.reduce_hook(node)
         if not isinstance(low, Elementwise):

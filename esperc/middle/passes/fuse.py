@@ -125,7 +125,15 @@ def _match_attention(part: Partition) -> None:
 
 def _seed(part: Partition, n: Node) -> Group:
     g = seed(part, n)
-    if g.kind != "matmul" or n.op not in CONTRACTIONS or n.op is Op.LINEAR:
+    if g.kind != "matmul" or n.op not in CONTRACTIONS:
+        return g
+    a = part.nodes.get(n.operands[0])
+    if a is not None and is_last_two_transpose(a) and a.result not in part.free:
+        if part.users[a.result] == [n.result] and a.result not in part.group_of:
+            g.members.add(a.result)  # read through swapped strides (a weight gradient x^T dy)
+            g.attrs.update(trans_a=True)
+            g.reasons.append("A read transposed")
+    if n.op is Op.LINEAR:
         return g
     b = part.nodes.get(n.operands[1])
     if b is not None and is_last_two_transpose(b):
@@ -142,15 +150,22 @@ def _seed(part: Partition, n: Node) -> Group:
 def _finish(part: Partition, g: Group) -> None:
     """Kind-specific region attributes and a readable reason."""
     nodes = [part.nodes[m] for m in sorted(g.members, key=part.position.__getitem__)]
+    cols = [n.result for n in nodes if n.result in g.colsums]
+    if cols:
+        g.attrs["colsum"] = ",".join(cols)
     if g.kind == "reduction":
-        reds = [n for n in nodes if n.op in REDUCTIONS or n.op in COMPOSITES]
+        reds = [
+            n
+            for n in nodes
+            if (n.op in REDUCTIONS or n.op in COMPOSITES) and n.result not in g.colsums
+        ]
         axes = list(g.axes)
         row = numel(tuple(g.space[a] for a in g.axes if a < len(g.space)))
         g.attrs.update(axis=axes[0] if len(axes) == 1 else axes, row=str(row))
         ops = ", ".join(dict.fromkeys(n.op.value for n in reds))
         g.reasons = [
             f"{len(reds)} row reduction(s) ({ops}) over axis {axes} of {shape_str(g.space)} "
-            f"with {len(nodes) - len(reds)} pointwise ops"
+            f"with {len(nodes) - len(reds) - len(cols)} pointwise ops"
         ]
     elif g.kind == "matmul":
         epi = int(g.attrs.get("epilogue", 0))
@@ -165,6 +180,7 @@ def _finish(part: Partition, g: Group) -> None:
                         n.op.value
                         for n in nodes
                         if n.result not in g.prologue
+                        and n.result not in g.colsums
                         and n.op not in CONTRACTIONS
                         and n.op is not Op.TRANSPOSE
                     )
@@ -172,7 +188,11 @@ def _finish(part: Partition, g: Group) -> None:
             )
     elif g.kind == "pointwise":
         space = shape_str(g.space) if g.space else "[]"
-        g.reasons = [f"pointwise chain of {len(nodes)} ops over {space}"]
+        g.reasons = [f"pointwise chain of {len(nodes) - len(cols)} ops over {space}"]
+    if cols:
+        g.reasons.append(
+            f"{len(cols)} column reduction(s) over the rows, finished by a second kernel"
+        )
     elif g.kind == "view":
         g.reasons = ["data movement: " + ", ".join(dict.fromkeys(n.op.value for n in nodes))]
 

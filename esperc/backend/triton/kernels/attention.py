@@ -31,7 +31,7 @@ from esperc.backend.triton.common import (
     prod,
 )
 from esperc.backend.triton.configs import Config, default_attention
-from esperc.backend.triton.kernels.pointwise import Emitted, finish
+from esperc.backend.triton.kernels.assemble import Emitted, finish
 from esperc.backend.triton.regions import Params, RegionInfo, needs_i64
 from esperc.backend.triton.tiles import View
 from esperc.ir.graph import Node
@@ -194,6 +194,7 @@ def generate(info: RegionInfo, config: Config | None, sources: Mapping[str, str]
     block_d = max(16, next_pow2(head_d))
     sk_dim = tk.shape[-1] if f.k_is_kt else tk.shape[-2]
     namer = Namer()
+    namer.used |= {"SQ", "SK"}  # the kernel's own locals
     params = Params(namer)
     ptr = {
         "q": params.tensor(f.q, tq, "strided"),

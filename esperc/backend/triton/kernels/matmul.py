@@ -16,10 +16,13 @@ fp32 operands use ``input_precision="ieee"`` (full fp32 products, matching PyTor
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 
 from esperc.backend.triton.common import STORE_DTYPE, CodegenError, Namer, Writer, dim_py, prod
 from esperc.backend.triton.configs import Config, default_matmul, require_blocks
-from esperc.backend.triton.kernels.pointwise import Emitted, finish, outputs, store_guard
+from esperc.backend.triton.kernels.assemble import Emitted, finish, outputs
+from esperc.backend.triton.kernels.colsum import Partials, column_nodes, finish_kernel, slice_parts
+from esperc.backend.triton.kernels.pointwise import store_guard
 from esperc.backend.triton.lowering import LOWERING, Elementwise, Operand, literal
 from esperc.backend.triton.regions import Params, RegionInfo, input_views, needs_i64
 from esperc.backend.triton.tiles import Cls, TileEmitter, TileSpace, TVal
@@ -62,51 +65,73 @@ def _chain(info: RegionInfo, value: str, members: dict[str, Node]) -> tuple[str,
     return next(iter(roots)), [n for n in info.nodes if n.result in cone]
 
 
-def operands_of(info: RegionInfo, anchor: Node) -> tuple[str, str, bool, list[Node], list[Node]]:
-    """``(a, b, trans_b, a_prologue, b_prologue)``: the tensors the kernel loads."""
+def _untransposed(info: RegionInfo, value: str) -> str | None:
+    """The tensor ``value`` is a last-two-axes transpose of (a view: read with swapped
+    strides), or None."""
+    p = info.func.producers().get(value)
+    if p is None or p.op is not Op.TRANSPOSE:
+        return None
+    rank = info.types[value].rank
+    if {p.attr("dim0") % rank, p.attr("dim1") % rank} != {rank - 2, rank - 1}:
+        return None
+    return p.operands[0]
+
+
+def operands_of(
+    info: RegionInfo, anchor: Node
+) -> tuple[str, str, bool, bool, list[Node], list[Node]]:
+    """``(a, b, trans_a, trans_b, a_prologue, b_prologue)``: the tensors the kernel loads."""
     members = {n.result: n for n in info.nodes if n.result != anchor.result}
-    producers = info.func.producers()
     b, trans_b = anchor.operands[1], anchor.op is Op.LINEAR
-    p = producers.get(b)
-    if not trans_b and p is not None and p.op is Op.TRANSPOSE:
-        rank = info.types[b].rank
-        if {p.attr("dim0") % rank, p.attr("dim1") % rank} == {rank - 2, rank - 1}:
-            b, trans_b = p.operands[0], True
-            members.pop(p.result, None)
-    a, a_pro = _chain(info, anchor.operands[0], members)
+    src = None if trans_b else _untransposed(info, b)
+    if src is not None:
+        members.pop(b, None)
+        b, trans_b = src, True
+    a, trans_a = anchor.operands[0], False
+    src = _untransposed(info, a)
+    fold = all(d == 1 for d in info.types[b].shape[:-2])
+    if src is not None and (not fold or info.types[a].rank == 2):
+        members.pop(a, None)
+        a, trans_a = src, True
+    a, a_pro = _chain(info, a, members)
     b, b_pro = _chain(info, b, members)
-    return a, b, trans_b, a_pro, b_pro
+    return a, b, trans_a, trans_b, a_pro, b_pro
 
 
 def generate(info: RegionInfo, config: Config | None, sources: Mapping[str, str]) -> Emitted:
     """The matmul (+ epilogue) kernel of ``info``'s region."""
     anchor = find_anchor(info)
-    a, b, trans_b, a_pro, b_pro = operands_of(info, anchor)
+    a, b, trans_a, trans_b, a_pro, b_pro = operands_of(info, anchor)
     pos = info.nodes.index(anchor)
-    skip = {anchor.result} | {n.result for n in a_pro + b_pro}
+    colnodes = column_nodes(info)
+    skip = {anchor.result} | {n.result for n in a_pro + b_pro + colnodes}
     skip |= {n.result for n in info.nodes[:pos] if n.op is Op.TRANSPOSE}
     epilogue = [n for n in info.nodes[pos + 1 :] if n.result not in skip]
     stray = [n for n in info.nodes[:pos] if n.result not in skip and n.op is not Op.CONSTANT]
     if stray:
         raise CodegenError(f"%{stray[0].result} = {stray[0].op} precedes the matmul anchor")
     ta, tb, tout = info.types[a], info.types[b], anchor.type
-    k_dim = ta.shape[-1]
+    k_dim = ta.shape[-2] if trans_a else ta.shape[-1]
     n_dim = tb.shape[-2] if trans_b else tb.shape[-1]
     b_batch = tb.shape[:-2]
     fold = all(d == 1 for d in b_batch)  # one B for every batch: rows of A are all "M"
     if fold:
-        m_dim, batch = prod(ta.shape[:-1]), ()
+        m_dim, batch = (ta.shape[-1] if trans_a else prod(ta.shape[:-1])), ()
     else:
-        m_dim, batch = ta.shape[-2], tout.shape[:-2]
+        m_dim, batch = ta.shape[-1 if trans_a else -2], tout.shape[:-2]
     z_dim = prod(batch)
 
     namer = Namer()
+    namer.used |= {"M", "N", "K"}  # the kernel's own locals: a dim named N becomes N_1
     params = Params(namer)
     a_ptr, b_ptr = params.tensor(a, ta), params.tensor(b, tb)
     bias = [anchor] if anchor.op is Op.LINEAR and len(anchor.operands) == 3 else []
-    views, _ = input_views(info, params, epilogue + bias)
-    outs, extra = outputs(info, views, params)
+    views, _ = input_views(info, params, epilogue + bias + colnodes)
+    outs, extra = outputs(info, views, params, exclude={n.result for n in colnodes})
     params.dims([ta.shape, tb.shape, tout.shape] + [v.shape for v in views.values()])
+    if colnodes and batch:
+        raise CodegenError(f"column reductions in the batched matmul @{info.region.name}")
+    partials = Partials(info, params, namer, colnodes, m_dim, n_dim, slice_parts(m_dim))
     space = TileSpace(tuple(tout.shape[:-1]), (n_dim,), params.dim_names, full_mask="mask")
     py = space.py
     cfg = config or default_matmul(m_dim if isinstance(m_dim, int) else None,
@@ -139,9 +164,12 @@ def generate(info: RegionInfo, config: Config | None, sources: Mapping[str, str]
     w("# wrap out-of-range rows/cols instead of masking the loads; the store is masked")
     w("ram = tl.max_contiguous(tl.multiple_of(rm % M, BLOCK_M), BLOCK_M)")
     w("rbn = tl.max_contiguous(tl.multiple_of(rn % N, BLOCK_N), BLOCK_N)")
-    a_z = _batch_offset(ta.shape[:-2], batch, ta.shape[-2] * k_dim, py)
+    a_z = _batch_offset(ta.shape[:-2], batch, ta.shape[-2] * ta.shape[-1], py)
     b_z = _batch_offset(b_batch, batch, k_dim * n_dim, py)
-    w(f"a_ptrs = {a_ptr}{a_z} + ram[:, None] * K + rk[None, :]")
+    if trans_a:
+        w(f"a_ptrs = {a_ptr}{a_z} + ram[:, None] + rk[None, :] * M  # A^T of a row-major [K, M]")
+    else:
+        w(f"a_ptrs = {a_ptr}{a_z} + ram[:, None] * K + rk[None, :]")
     if trans_b:
         w(f"b_ptrs = {b_ptr}{b_z} + rbn[None, :] * K + rk[:, None]  # B^T of a row-major [N, K]")
     else:
@@ -159,7 +187,7 @@ def generate(info: RegionInfo, config: Config | None, sources: Mapping[str, str]
         dot_dt = _prologue(w, name, root, pro, info, namer)
     precision = ', input_precision="ieee"' if dot_dt is DType.F32 else ""
     w(f"acc = tl.dot(a, b, acc{precision})")
-    w("a_ptrs += BLOCK_K")
+    w("a_ptrs += BLOCK_K * M" if trans_a else "a_ptrs += BLOCK_K")
     w("b_ptrs += BLOCK_K" if trans_b else "b_ptrs += BLOCK_K * N")
     w.indent -= 1
     w("# epilogue on the fp32 accumulator")
@@ -169,19 +197,24 @@ def generate(info: RegionInfo, config: Config | None, sources: Mapping[str, str]
     w("cmask = rn < N")
     w("mask = rmask[:, None] & cmask[None, :]")
     em = TileEmitter(space, namer, w, views, info.types, info.consts)
+    em.consumed |= partials.operands
     em.bind(anchor.result, TVal("acc", Cls(True, True), anchor.type.dtype))
     if bias:
         w("acc = acc + " + em.value(anchor.operands[2]).expr)
-    em.emit_all(epilogue, set(outs))
+    em.emit_all(epilogue, set(outs) | partials.operands)
     for name, view in outs.items():
         em.store(name, view, store_guard(space, view, grid_cols=False))
+    if partials:
+        partials.store_slices(em, "rmask", "cmask", "M")
     grid_m = (("cdiv", str(m_dim), "BLOCK_M"), ("cdiv", str(n_dim), "BLOCK_N"))
     grid = (grid_m, (("dim", str(z_dim)),)) if batch else (grid_m,)
     cvals = {k: cfg.get(k, 8) for k in _BLOCKS}
     doc = (f"Matmul @{info.region.name}: [{m_dim}, {k_dim}] @ [{k_dim}, {n_dim}]"
-           f"{' (B transposed)' if trans_b else ''}{f', batch {z_dim}' if batch else ''}"
+           f"{' (A transposed)' if trans_a else ''}{' (B transposed)' if trans_b else ''}{f', batch {z_dim}' if batch else ''}"
            f" + {len(epilogue)} epilogue ops.")  # fmt: skip
-    return finish(info, params, outs, extra, w, list(_BLOCKS), cvals, cfg, grid, requires, doc)
+    main = finish(info, params, outs, extra, w, list(_BLOCKS), cvals, cfg, grid, requires, doc,
+                  scratch=partials.allocs())  # fmt: skip
+    return replace(main, then=finish_kernel(info, partials)) if partials else main
 
 
 def _int(d: Dim, default: int) -> int:

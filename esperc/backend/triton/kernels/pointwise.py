@@ -15,56 +15,30 @@ A ``select`` on a runtime bool (an ``if`` in the blueprint) loads the flag once 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
 
-from esperc.backend.triton.common import Namer, Writer, kernel_header, prod
+from esperc.backend.triton.common import Namer, Writer, prod
 from esperc.backend.triton.configs import Config, default_pointwise, row_blocks
-from esperc.backend.triton.plan import Alloc, GeneratedKernel, KernelLaunch, ViewOp
+from esperc.backend.triton.kernels.assemble import Emitted, finish, outputs
+from esperc.backend.triton.kernels.colsum import (
+    Partials,
+    column_nodes,
+    finish_kernel,
+    looping_parts,
+    preload_columns,
+    row_loop,
+)
 from esperc.backend.triton.regions import (
     Params,
     RegionInfo,
     input_views,
     needs_i64,
-    output_view,
 )
 from esperc.backend.triton.tiles import TileEmitter, TileSpace, View, contiguous_strides
 from esperc.ir.graph import Node
 from esperc.ir.ops import Op
 from esperc.ir.types import Dim, broadcast_shapes
-
-
-@dataclass(frozen=True)
-class Emitted:
-    """A template's output: the kernel's source text, its description, launcher-side views."""
-
-    source: str
-    kernel: GeneratedKernel
-    views: tuple[ViewOp, ...] = ()
-
-
-def outputs(info: RegionInfo, views: Mapping[str, View], params: Params):  # noqa: ANN201
-    """Output views the kernel stores, and view-ops for outputs that are views of inputs."""
-    outs: dict[str, View] = {}
-    extra: list[ViewOp] = []
-    for name in info.outputs:
-        if name in views:  # a reshape/permute of an input used outside: the launcher does it
-            n = info.node(name)
-            extra.append(ViewOp(info.region.name, name, n.op.value, n.operands, view_attrs(n)))
-        else:
-            outs[name] = output_view(name, info.types[name], params)
-    return outs, extra
-
-
-def view_attrs(n: Node) -> tuple[tuple[str, object], ...]:
-    return tuple((k, tuple(str(d) for d in v) if k == "shape" else v) for k, v in n.attrs)
-
-
-def allocs(info: RegionInfo, outs: Mapping[str, View]) -> tuple[Alloc, ...]:
-    return tuple(
-        Alloc(n, info.types[n].dtype.value, tuple(str(d) for d in info.types[n].shape))
-        for n in outs
-    )
 
 
 def store_guard(space: TileSpace, view: View, grid_cols: bool) -> str | None:
@@ -87,8 +61,11 @@ def store_guard(space: TileSpace, view: View, grid_cols: bool) -> str | None:
     return " & ".join(conds) or None
 
 
-def domain_of(info: RegionInfo, nodes: list[Node], outs: Mapping[str, View]) -> tuple[Dim, ...]:
+def domain_of(info: RegionInfo, nodes: list[Node], outs: Mapping[str, View],
+              extra: Sequence[tuple[Dim, ...]] = ()) -> tuple[Dim, ...]:  # fmt: skip
     shape: tuple[Dim, ...] = ()
+    for e in extra:
+        shape = broadcast_shapes(shape, e)
     for n in nodes:
         if n.op is not Op.CONSTANT:
             shape = broadcast_shapes(shape, n.type.shape)
@@ -146,19 +123,27 @@ def _fit(given: Config, two_d: bool, default: Config, flat: bool) -> Config:
 
 
 def generate(info: RegionInfo, config: Config | None, sources: Mapping[str, str]) -> Emitted:
-    """The pointwise kernel of ``info``'s region."""
+    """The pointwise kernel of ``info``'s region (and, with column reductions, the kernel that
+    finishes them: a rows x cols space whose programs loop over row blocks)."""
     namer = Namer()
     params = Params(namer)
     views, nodes = input_views(info, params)
-    outs, extra = outputs(info, views, params)
-    domain = domain_of(info, nodes, outs)
-    split = _split_point(domain, views, info, nodes)
+    colnodes = column_nodes(info)
+    cols_of = {n.result for n in colnodes}
+    outs, extra = outputs(info, views, params, exclude=cols_of)
+    nodes = [n for n in nodes if n.result not in cols_of]
+    domain = domain_of(info, nodes, outs, [info.types[n.operands[0]].shape for n in colnodes])
+    if colnodes:  # rows are the reduced axes, columns the kept ones
+        split = len(colnodes[0].attr("axis"))  # type: ignore[arg-type]
+    else:
+        split = _split_point(domain, views, info, nodes)
     flat = split == 0
     params.dims([v.shape for v in views.values()] + [v.shape for v in outs.values()] + [domain])
     lead, inner = domain[:split], domain[split:]
     space = TileSpace(lead, inner, params.dim_names, flat=flat, cols="offs" if flat else "cols",
                       cmask="mask" if flat else "cmask")  # fmt: skip
     rows_n, cols_n = prod(lead), prod(inner)
+    partials = Partials(info, params, namer, colnodes, rows_n, cols_n, looping_parts(rows_n))
     static = lambda d: d if isinstance(d, int) else None  # noqa: E731
     cfg = default_pointwise(static(rows_n), static(cols_n), flat)
     if config is not None:
@@ -174,26 +159,34 @@ def generate(info: RegionInfo, config: Config | None, sources: Mapping[str, str]
             requires.append(f"{rows_n} % BLOCK_M == 0")
     i64 = needs_i64([v.shape for v in views.values()] + [domain], info.dim_his)
     w = Writer(sources)
-    pid64 = ".to(tl.int64)" if i64 else ""
+    em = TileEmitter(space, namer, w, views, info.types, info.consts)
+    em.consumed |= partials.operands
     if flat:
         w("pid = tl.program_id(0)")
-        w(f"offs = pid{pid64} * BLOCK_N + tl.arange(0, BLOCK_N)")
+        w(f"offs = pid{'.to(tl.int64)' if i64 else ''} * BLOCK_N + tl.arange(0, BLOCK_N)")
         if space.cmask:
             w(f"mask = offs < {space.py(cols_n)}")
     else:
         w("pid_m = tl.program_id(0)")
         w("pid_n = tl.program_id(1)")
-        w(f"rows = pid_m{pid64} * BLOCK_M + tl.arange(0, BLOCK_M)")
+        if not partials:
+            w(f"rows = pid_m{'.to(tl.int64)' if i64 else ''} * BLOCK_M + tl.arange(0, BLOCK_M)")
         w("cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)")
+        if partials:  # the columns first, then this program's row blocks in a loop
+            if space.cmask:
+                w(f"cmask = cols < {space.py(cols_n)}")
+            preload_columns(em, set(views))
+            partials.init(w)
+            row_loop(w, "pid_m", space.py(rows_n), i64)
         if space.rmask:
             w(f"rmask = rows < {space.py(rows_n)}")
-        if space.cmask:
+        if space.cmask and not partials:
             w(f"cmask = cols < {space.py(cols_n)}")
         if space.rmask and space.cmask:
             w("mask = rmask[:, None] & cmask[None, :]")
             space.full_mask = "mask"
-    em = TileEmitter(space, namer, w, views, info.types, info.consts)
-    em.emit_all(nodes, set(outs))
+    saved = dict(em.vals)
+    em.emit_all(nodes, set(outs) | partials.operands)
     for name, view in outs.items():
         em.store(name, view, store_guard(space, view, grid_cols=True))
     constexprs = ["BLOCK_N"] if flat else ["BLOCK_M", "BLOCK_N"]
@@ -202,35 +195,13 @@ def generate(info: RegionInfo, config: Config | None, sources: Mapping[str, str]
         grid: tuple = (((("cdiv", str(cols_n), "BLOCK_N"),)),)
     else:
         grid = ((("cdiv", str(rows_n), "BLOCK_M"),), (("cdiv", str(cols_n), "BLOCK_N"),))
-    return finish(info, params, outs, extra, w, constexprs, cvals, cfg, grid, requires,
-                  f"Pointwise region @{info.region.name} over {list(map(str, domain))}.")  # fmt: skip
-
-
-def finish(info: RegionInfo, params: Params, outs: Mapping[str, View], extra: list[ViewOp],
-           w: Writer, constexprs: list[str], cvals: dict, cfg: Config, grid: tuple,
-           requires: list[str], doc: str) -> Emitted:  # fmt: skip
-    """Assemble the kernel's source and its description (shared by the templates)."""
-    head = kernel_header(info.kernel, params.names, constexprs, doc)
-    source = "\n".join(head) + "\n" + w.text()
-    launch = KernelLaunch(
-        kernel=info.kernel,
-        region=info.region.name,
-        args=tuple(params.args),
-        grid=grid,
-        constexprs=tuple(cvals.items()),
-        num_warps=cfg.num_warps,
-        num_stages=cfg.num_stages,
-        allocs=allocs(info, outs),
-    )
-    kernel = GeneratedKernel(
-        name=info.kernel,
-        region=info.region.name,
-        kind=info.kind,
-        signature=dict((n, params.types[n]) for n in params.names),
-        constexprs=dict(cvals),
-        config=cfg,
-        launch=launch,
-        requires=tuple(requires),
-        divisible_by_16=tuple(n for n in params.names if params.types[n].startswith("*")),
-    )
-    return Emitted(source, kernel, tuple(extra))
+    if partials:
+        partials.accumulate(em, space.rmask)
+        w.indent -= 1
+        em.vals = saved
+        partials.store_rows(w, "pid_m", "cols", space.cmask)
+        grid = (((("dim", partials.parts),)), grid[1])
+    main = finish(info, params, outs, extra, w, constexprs, cvals, cfg, grid, requires,
+                  f"Pointwise region @{info.region.name} over {list(map(str, domain))}.",
+                  scratch=partials.allocs())  # fmt: skip
+    return replace(main, then=finish_kernel(info, partials)) if partials else main

@@ -17,6 +17,7 @@ values (``[R, 1]``, loaded as ``[BLOCK_M, 1]``). Accumulation is fp32.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 
 from esperc.backend.triton.common import (
     REG_DTYPE,
@@ -28,7 +29,16 @@ from esperc.backend.triton.common import (
     prod,
 )
 from esperc.backend.triton.configs import Config, default_reduction, row_blocks
-from esperc.backend.triton.kernels.pointwise import Emitted, finish, outputs, store_guard
+from esperc.backend.triton.kernels.assemble import Emitted, finish, outputs
+from esperc.backend.triton.kernels.colsum import (
+    Partials,
+    column_nodes,
+    finish_kernel,
+    looping_parts,
+    preload_columns,
+    row_loop,
+)
+from esperc.backend.triton.kernels.pointwise import store_guard
 from esperc.backend.triton.lowering import LOWERING, Reduction, expand_composites
 from esperc.backend.triton.regions import Params, RegionInfo, input_views, needs_i64
 from esperc.backend.triton.tiles import SCALAR, Cls, TileEmitter, TileSpace, TVal, View
@@ -129,9 +139,10 @@ def generate(info: RegionInfo, config: Config | None, sources: Mapping[str, str]
     namer = Namer()
     params = Params(namer)
     views, nodes = input_views(info, params)
-    outs, extra = outputs(info, views, params)
+    colnodes = column_nodes(info)
+    outs, extra = outputs(info, views, params, exclude={n.result for n in colnodes})
     types = dict(info.types)
-    nodes = expand_composites(nodes, types)
+    nodes = expand_composites([n for n in nodes if n not in colnodes], types)
     lead, inner = _domain(nodes, types)
     params.dims(
         [v.shape for v in views.values()] + [v.shape for v in outs.values()] + [lead + inner]
@@ -165,24 +176,42 @@ def generate(info: RegionInfo, config: Config | None, sources: Mapping[str, str]
         if tuple(v.shape) == lead and lead:
             outs[name] = View(v.param, v.dtype, lead + (1,) * len(inner))
     i64 = needs_i64([v.shape for v in views.values()] + [lead + inner], info.dim_his)
+    partials = Partials(info, params, namer, colnodes, rows_n, n, looping_parts(rows_n))
+    if partials and looped:
+        raise CodegenError(f"column reductions in the looped row reduction @{info.region.name}")
     w = Writer(sources)
+    em = TileEmitter(space, namer, w, views, types, info.consts)
+    em.consumed = {o for x in nodes for o in x.operands} | partials.operands
     w("pid = tl.program_id(0)")
-    w(f"rows = pid{'.to(tl.int64)' if i64 else ''} * BLOCK_M + tl.arange(0, BLOCK_M)")
+    if partials:  # the program's row blocks in a loop; the columns first (one tile per row)
+        _cols_lines(w, space, n, "", full=False)
+        preload_columns(em, set(views))
+        partials.init(w)
+        row_loop(w, "pid", space.py(rows_n), i64)
+    else:
+        w(f"rows = pid{'.to(tl.int64)' if i64 else ''} * BLOCK_M + tl.arange(0, BLOCK_M)")
     if space.rmask:
         w(f"rmask = rows < {space.py(rows_n)}")
-    em = TileEmitter(space, namer, w, views, types, info.consts)
-    em.consumed = {o for x in nodes for o in x.operands}
     reducer = _Reducer(em, space.py(n))
     if not looped:
-        _single_pass(em, reducer, nodes, outs, w, space, n)
+        saved = dict(em.vals)
+        _single_pass(em, reducer, nodes, outs, w, space, n, cols=not partials)
+        if partials:
+            partials.accumulate(em, space.rmask)
+            w.indent -= 1
+            em.vals = saved
+            partials.store_rows(w, "pid", "cols", space.cmask)
     else:
         _looped(em, reducer, nodes, outs, w, space, n, _classes(nodes, space, views, types))
-    grid = ((("cdiv", str(rows_n), "BLOCK_M"),),)
+    grid: tuple = ((("cdiv", str(rows_n), "BLOCK_M"),),)
+    if partials:
+        grid = ((("dim", partials.parts),),)
     cvals = {"BLOCK_M": bm, "BLOCK_N": bn}
     form = "looped" if looped else "single pass"
     doc = f"Row reduction @{info.region.name}: rows={rows_n}, N={n} ({form})."
-    return finish(info, params, outs, extra, w, ["BLOCK_M", "BLOCK_N"], cvals, cfg, grid,
-                  requires, doc)  # fmt: skip
+    main = finish(info, params, outs, extra, w, ["BLOCK_M", "BLOCK_N"], cvals, cfg, grid,
+                  requires, doc, scratch=partials.allocs())  # fmt: skip
+    return replace(main, then=finish_kernel(info, partials)) if partials else main
 
 
 def _identity(low: Reduction, dtype: DType) -> str:
@@ -195,18 +224,23 @@ def _identity(low: Reduction, dtype: DType) -> str:
     return str(-(2**bits)) if low.combine == "max" else str(2**bits - 1)
 
 
-def _cols_lines(w: Writer, space: TileSpace, n: Dim, start: str) -> None:
-    w(f"cols = {start}tl.arange(0, BLOCK_N)")
-    if space.cmask:
-        w(f"cmask = cols < {space.py(n)}")
-    if space.cmask and space.rmask:
+def _cols_lines(w: Writer, space: TileSpace, n: Dim, start: str, full: bool = True,
+                cols: bool = True) -> None:  # fmt: skip
+    """``cols``/``cmask`` (unless ``cols=False``) and the full tile mask (unless ``full=False``:
+    a row loop writes it once ``rows`` exists)."""
+    if cols:
+        w(f"cols = {start}tl.arange(0, BLOCK_N)")
+        if space.cmask:
+            w(f"cmask = cols < {space.py(n)}")
+    if full and space.cmask and space.rmask:
         w("mask = rmask[:, None] & cmask[None, :]")
         space.full_mask = "mask"
 
 
 def _single_pass(em: TileEmitter, reducer: _Reducer, nodes: list[Node],
-                 outs: Mapping[str, View], w: Writer, space: TileSpace, n: Dim) -> None:  # fmt: skip
-    _cols_lines(w, space, n, "")
+                 outs: Mapping[str, View], w: Writer, space: TileSpace, n: Dim,
+                 cols: bool = True) -> None:  # fmt: skip
+    _cols_lines(w, space, n, "", cols=cols)
     em.reduce_hook = reducer.single
     em.emit_all(nodes, set(outs))
     for name, view in outs.items():
