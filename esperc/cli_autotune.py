@@ -13,12 +13,14 @@ import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from esperc.cli_io import UI
-from esperc.ir.graph import Func
+
+if TYPE_CHECKING:
+    from esperc.ir.graph import Func
 
 DEFAULT_VALUES = (64, 4096)
 
@@ -108,31 +110,44 @@ def _hooks(validate: bool) -> Any:
 
         return build_validate(*args)
 
-    return Hooks(assemble, versions, validate_all if validate else None)
+    def backward_part(*args: Any) -> Any:
+        from esperc.build_backward import part_table
+
+        return part_table(*args)
+
+    return Hooks(assemble, versions, validate_all if validate else None, backward_part)
 
 
 def run_autotune(
     ui: UI, file: Path, shapes: list[str] | None, budget_s: float, target: str | None,
     output: Path | None, define: list[str] | None, blueprint: str | None, seed: int,
-    timeout_s: float, validate: bool,
+    timeout_s: float, validate: bool, backward: bool = False,
 ) -> None:  # fmt: skip
     """The command's body (user errors raise DiagnosticError / BadParameter / exit 1)."""
     from esperc import driver
-    from esperc.cli import _overrides
+    from esperc.cli_app import _overrides
     from esperc.paths import state_paths
     from esperc.tune import PerfDB
     from esperc.tune.measure import gpu_identity
-    from esperc.tune.package import TuneOptions, autotune_package, load_package_input
+    from esperc.tune.package import Training, TuneOptions, autotune_package, load_package_input
 
     gpu = gpu_identity()
     (arch,) = driver.parse_targets(target or (gpu.arch if gpu else "sm_90"), None)[:1]
     overrides = _overrides(define)
+    training = None
     if file.suffix == ".kpkg":
-        func, source, overrides = load_package_input(file)
+        func, source, overrides, training = load_package_input(file)
     else:
         ui.add_source(file)
-        opts = driver.Options(blueprint=blueprint, overrides=overrides, targets=(arch,))
-        func, _ = driver.compile_ir(file, opts)
+        opts = driver.Options(blueprint=blueprint, overrides=overrides, targets=(arch,),
+                              backward=backward)  # fmt: skip
+        if backward:
+            from esperc.build_backward import plan_fields, prepare
+
+            tf = prepare(driver.lower(file, opts), opts)
+            func, training = tf.forward, Training(tf.backward, plan_fields(tf))
+        else:
+            func, _ = driver.compile_ir(file, opts)
         source = driver.read_source(file)
     try:
         tuning_shapes = parse_shapes(shapes, func)
@@ -147,7 +162,7 @@ def run_autotune(
         out = file.with_name(f"{file.stem}.tuned.kpkg")
     with PerfDB(paths.perfdb) as db, tune_progress(ui) as report:
         outcome = autotune_package(func, source, out, tune_opts, _hooks(validate), db, gpu, cache,
-                                   report, overrides)  # fmt: skip
+                                   report, overrides, training)  # fmt: skip
     if outcome.run.note:
         ui.note(f"esperc: note: {outcome.run.note}")
     if ui.json:

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
-from rich.table import Table
 
 from esperc.cli_io import UI, ColorMode
 
@@ -121,6 +120,8 @@ def cache_ls(color: ColorOpt = ColorMode.auto, json_: JsonOpt = False) -> None:
         if not entries:
             ui.print(f"the kernel cache {cache.dir} is empty")
             return
+        from rich.table import Table
+
         table = Table(show_edge=False, box=None, pad_edge=False)
         for col in ("key", "blueprint", "size", "created", "hits"):
             table.add_column(col, justify="right" if col in ("size", "hits") else "left")
@@ -175,16 +176,13 @@ def cache_explain(
     ui = _start(color, json_)
     with ui.guard():
         from esperc import driver
-        from esperc.backend.targets import local_arch
-        from esperc.cli import _overrides
+        from esperc.cli_app import _overrides
+        from esperc.cli_fast import resolve_targets
 
         ui.add_source(file)
         opts = driver.Options(blueprint=blueprint, overrides=_overrides(define),
                               validate=not no_validate)  # fmt: skip
-        # local_arch imports torch: only for 'auto'
-        opts.targets = driver.parse_targets(
-            target, local_arch() if target.strip() == "auto" else None
-        )
+        opts.targets = resolve_targets(target)  # as compile resolves them
         if pipeline is not None:
             opts.pipeline = pipeline
         key = cache_key_for(file, opts)
@@ -261,6 +259,8 @@ def perfdb_query(
             return
         if not rows:
             _fail("no rows match")
+        from rich.table import Table
+
         table = Table(show_edge=False, box=None, pad_edge=False)
         for col in ("kernel", "name", "arch", "gpu", "bucket", "config", "median ms", "p95 ms",
                     "n", "status"):  # fmt: skip
@@ -343,6 +343,14 @@ def _register_autotune(app: typer.Typer) -> None:
             bool,
             typer.Option("--no-validate", help="Untuned packages: skip the interpreter check."),
         ] = False,
+        backward: Annotated[
+            bool,
+            typer.Option(
+                "--backward",
+                help="A training package: tune the backward kernels "
+                "too (a .kpkg with a backward part always is).",
+            ),
+        ] = False,
         color: ColorOpt = ColorMode.auto,
         json_: JsonOpt = False,
     ) -> None:
@@ -352,4 +360,4 @@ def _register_autotune(app: typer.Typer) -> None:
             from esperc.cli_autotune import run_autotune
 
             run_autotune(ui, file, shapes, budget_s, target, output, define, blueprint, seed,
-                         timeout_s, not no_validate)  # fmt: skip
+                         timeout_s, not no_validate, backward)  # fmt: skip

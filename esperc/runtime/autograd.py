@@ -31,7 +31,8 @@ def call_with_grad(art: Any, tensors: Mapping[str, torch.Tensor]) -> tuple[torch
     """Run ``art`` (a training ``Artifact``) recording one autograd node; returns the
     blueprint's results (saved values stay inside the node)."""
     names = [a.name for a in art.func.args]
-    return EsperFunction.apply(art, names, *(tensors[n] for n in names))
+    outs = EsperFunction.apply(art, names, *(tensors[n] for n in names))
+    return outs if isinstance(outs, tuple) else (outs,)  # one result comes back bare
 
 
 class EsperFunction(torch.autograd.Function):

@@ -145,16 +145,17 @@ class CubinRuntime:
         """A launch of ``kernel`` on ``grid`` with ``args`` whose tensor arguments change per call.
 
         The scalars, grid and launch config are packed once; ``BoundLaunch.run`` writes the
-        tensors' addresses and launches. None when the kernel takes scratch buffers (allocated
-        per launch: such kernels go through :meth:`launch`).
+        tensors' addresses and launches. None when the kernel needs scratch memory (allocated
+        per launch: such kernels go through :meth:`launch`); zero-size scratch pointers are
+        bound as null, as Triton's launcher passes them.
 
         Raises:
             CubinLaunchError: as :meth:`launch`, for a bad argument or a failed module load.
         """
         import torch
 
-        if len(kernel.args) != len(kernel.user_args):
-            return None
+        if kernel.global_scratch_size or kernel.profile_scratch_size:
+            return None  # a scratch buffer per launch: such kernels go through ``launch``
         gx, gy, gz = _check_grid(kernel, grid)
         loaded = self.load(kernel, device)
         if len(args) != len(kernel.user_args):
@@ -168,6 +169,8 @@ class CubinRuntime:
                 values.append(slot)
             else:
                 values.append(_to_ctype(kernel, spec, value, device))
+        # Triton >= 3.3 kernels take trailing scratch pointers; null when their size is 0
+        values += [ctypes.c_uint64(0) for _ in kernel.args[len(kernel.user_args) :]]
         params = (ctypes.c_void_p * len(values))(*(ctypes.addressof(v) for v in values))
         config, attrs = _launch_config(kernel, (gx, gy, gz), 0)
         return BoundLaunch(

@@ -84,6 +84,7 @@ _PI = ctypes.POINTER(ctypes.c_int)
 _SIGNATURES: dict[str, list[Any]] = {
     "cuInit": [ctypes.c_uint],
     "cuDeviceGet": [_PI, ctypes.c_int],
+    "cuDeviceGetCount": [_PI],
     "cuDeviceGetAttribute": [_PI, ctypes.c_int, ctypes.c_int],
     "cuDevicePrimaryCtxRetain": [_PP, ctypes.c_int],
     "cuCtxGetCurrent": [_PP],
@@ -159,3 +160,25 @@ def driver() -> Driver:
     drv = Driver(lib)
     drv.call("cuInit", 0)
     return drv
+
+
+def local_arch() -> str | None:
+    """The ``sm_XY`` arch of the first visible CUDA device, or None without one.
+
+    The device is ordinal 0 after ``CUDA_VISIBLE_DEVICES``, the one torch would call current.
+    Costs a failed ``dlopen`` (well under 1 ms) on a machine without libcuda, and ``cuInit``
+    (tens to hundreds of ms, once per process) on one with a driver; never imports torch.
+    Never raises: a driver that cannot be opened or initialised, or no device, is None.
+    """
+    try:
+        drv = driver()
+        count, device = ctypes.c_int(), ctypes.c_int()
+        drv.call("cuDeviceGetCount", ctypes.byref(count))
+        if count.value == 0:
+            return None
+        drv.call("cuDeviceGet", ctypes.byref(device), 0)
+        major = drv.device_attribute(CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, device.value)
+        minor = drv.device_attribute(CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, device.value)
+    except (CudaDriverError, AttributeError):  # AttributeError: a pre-CUDA-12 libcuda
+        return None
+    return f"sm_{major}{minor}"

@@ -17,7 +17,13 @@ from typing import Any
 
 import torch
 
-from esperc.backend.triton.launcher import TORCH_DTYPE, apply_view, launch, load_module
+from esperc.backend.triton.launcher import (
+    TORCH_DTYPE,
+    apply_view,
+    import_triton_normally,
+    launch,
+    load_module,
+)
 from esperc.backend.triton.plan import KernelLaunch, Plan, ViewOp
 from esperc.ir.graph import Func, Node
 from esperc.ir.interpreter import evaluate_nodes
@@ -77,22 +83,9 @@ def interpreter_env() -> Iterator[None]:
             os.environ["TRITON_INTERPRET"] = old
 
 
-def _import_triton_normally() -> None:
-    """Import Triton (and the parts it imports lazily while interpreting) outside interpreter
-    mode: imported under TRITON_INTERPRET=1, its gluon package is built wrongly and fails."""
-    import importlib
-
-    import triton  # noqa: F401
-
-    try:
-        importlib.import_module("triton.experimental.gluon")
-    except ImportError:  # older Triton releases have no gluon
-        pass
-
-
 def load_interpreted(source: str) -> dict[str, Any]:
     """The generated module's kernels as Triton-interpreter functions."""
-    _import_triton_normally()
+    import_triton_normally()
 
     with interpreter_env():
         return load_module(source)
@@ -151,7 +144,8 @@ def execute(
             if isinstance(step, ViewOp):
                 env[step.result] = apply_view(step, env, dims)
             elif isinstance(step, KernelLaunch) and step.region in eager_regions:
-                evaluate_nodes(members[step.region], env, dims, device)
+                if step.region in members:  # once per region (a region may have two kernels)
+                    evaluate_nodes(members.pop(step.region), env, dims, device)
             else:
                 launch(step, kernels[step.kernel], env, dims, device)
     return env

@@ -115,7 +115,8 @@ class Compiler:
         self.done: dict[tuple[str, str], tuple[GeneratedKernel, CompiledKernel] | str] = {}
 
     def generated(self, info: KernelInfo, cfg: Config) -> tuple[GeneratedKernel, str]:
-        gen = generate(self.func, {info.region: cfg})
+        # a finishing kernel does not depend on the region's config (that is its main kernel's)
+        gen = generate(self.func, {} if info.default.finishes else {info.region: cfg})
         return gen.kernel(info.name), gen.source
 
     def compile(self, info: KernelInfo, configs: Sequence[Config]) -> None:
@@ -171,6 +172,8 @@ class _Search:
     total: int = 0
     best_text: str = ""
     warm: list[Config] = field(default_factory=list)
+    # per finishing kernel: the partials buffers it reads (filled with random values to check it)
+    scratch: dict[str, tuple[Any, ...]] = field(default_factory=dict)
 
     def rows(self, info: KernelInfo, bucket: str) -> dict[str, Row]:
         assert self.gpu is not None
@@ -197,7 +200,8 @@ class _Search:
             else:
                 k, ck = got
                 res = self.measurer.run(prep, Run(key, ck, k.launch, prep.dims,
-                                                  200.0 if again else 50.0))  # fmt: skip
+                                                  200.0 if again else 50.0,
+                                                  self.scratch.get(info.name, ())))  # fmt: skip
             row = Row(info.hash, info.family, self.gpu.arch, self.gpu.name, bucket,  # type: ignore[union-attr]
                       config_dict(c), self.versions, res.median_ms, res.p95_ms, res.samples,
                       res.status, res.error, kernel_name=info.name)  # fmt: skip
@@ -341,8 +345,10 @@ def tune(
     shapes = [dict(s) for s in opts.shapes]
     s = _Search(func, opts, db, gpu, versions, compiler, measurer, progress or (lambda *_: None),
                 start + opts.budget_s, clock, run)  # fmt: skip
+    kernels = generate(func).kernels
+    s.scratch = {k.name: partials_read(k, kernels) for k in kernels if k.finishes}
     try:
-        for k in generate(func).kernels:
+        for k in kernels:
             info = describe(func, k)
             space = build_space(info, target, his)
             table = DispatchTable(info.name, info.dims)
@@ -363,6 +369,12 @@ def tune(
             measurer.close()
     run.seconds = clock() - start
     return run
+
+
+def partials_read(k: GeneratedKernel, kernels: Sequence[GeneratedKernel]) -> tuple[Any, ...]:
+    """The partials buffers (``Alloc``s of its main kernel) a finishing kernel reads."""
+    main = next(m for m in kernels if m.name == k.finishes)
+    return tuple(a for a in main.launch.allocs if a.partial_of)
 
 
 def compile_winners(func: Func, run: TuneRun, target: str,

@@ -40,6 +40,23 @@ class Hooks:
     assemble: Callable[..., tuple[dict[str, Any], dict[str, bytes]]]
     versions: Callable[[], dict[str, str]]
     validate: Callable[..., dict[str, Any]] | None = None
+    # ``backward_part(fields, func, gen, compiled, validation, targets)`` -> the ``[backward]``
+    # table and its members (``build_backward.part_table``), for training packages
+    backward_part: Callable[..., tuple[dict[str, Any], dict[str, bytes]]] | None = None
+
+
+@dataclass(frozen=True)
+class Training:
+    """The backward half of a training package: tuned like the forward, packed as
+    ``[backward]``.
+
+    Attributes:
+        backward: the optimised backward function (kernel regions).
+        fields: the ``[backward]`` table's plan fields (``build_backward.plan_fields``).
+    """
+
+    backward: Func
+    fields: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -74,8 +91,9 @@ class Outcome:
                 f"DB{hit}, {self.seconds:.2f} s{' (cached package)' if self.cached else ''}")  # fmt: skip
 
 
-def load_package_input(path: Path) -> tuple[Func, bytes, dict[str, str]]:
-    """The IR, source bytes and overrides of an existing package (to tune it again).
+def load_package_input(path: Path) -> tuple[Func, bytes, dict[str, str], Training | None]:
+    """The IR, source bytes, overrides and (a training package) backward of an existing
+    package, to tune it again.
 
     Raises:
         KpkgError: the file is not a readable package.
@@ -87,12 +105,18 @@ def load_package_input(path: Path) -> tuple[Func, bytes, dict[str, str]]:
     m = pkg.manifest
     func = parse_func(pkg.member(m["blueprint"]["ir"]).decode("utf-8"), "ir.eir")
     source = pkg.member(m["blueprint"]["source"])
-    return func, source, dict(m["blueprint"].get("overrides", {}))
+    training = None
+    if "backward" in m:
+        table = m["backward"]
+        backward = parse_func(pkg.member(table["ir"]).decode("utf-8"), "backward.eir")
+        kept = ("name", "saved", "num_outputs", "wrt", "grad_outputs", "saved_bytes")
+        training = Training(backward, {k: table[k] for k in kept if k in table})
+    return func, source, dict(m["blueprint"].get("overrides", {})), training
 
 
 def default_configs(run: Any) -> dict[str, Config]:
     """Region name -> the default variant's config (what the package's plan launches)."""
-    return {k.info.region: k.table.default() for k in run.kernels}
+    return {k.info.region: k.table.default() for k in run.kernels if not k.info.default.finishes}
 
 
 def perf_rows(run: Any, target: str) -> list[dict[str, Any]]:
@@ -194,6 +218,34 @@ def digest(func: Func, source: bytes, run: TuneRun, target: str, versions: Versi
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def _backward_part(
+    training: Training,
+    run: TuneRun,
+    opts: TuneOptions,
+    hooks: Hooks,
+    tune_kw: Mapping[str, Any],
+    progress: Progress | None,
+):  # noqa: ANN202
+    """The tuned ``[backward]`` table and members (winners compiled, dispatch tables added)."""
+    from esperc.backend.triton.emitter import generate
+
+    if hooks.backward_part is None:
+        raise ValueError("a training package needs Hooks.backward_part")
+    compile_winners(training.backward, run, opts.target, tune_kw.get("compile_fn"))
+    gen = generate(training.backward, default_configs(run))
+    compiled = {(k.info.name, opts.target): k.compiled["v0"] for k in run.kernels}
+    if run.tuned:
+        validation = _validation(run)
+    elif hooks.validate is not None:
+        validation = hooks.validate(training.backward, gen, progress or (lambda *_: None))
+    else:
+        validation = {"status": "skipped"}
+    table, members = hooks.backward_part(training.fields, training.backward, gen, compiled,
+                                         validation, (opts.target,))  # fmt: skip
+    add_variants(table, members, run, opts.target)
+    return table, members
+
+
 def autotune_package(
     func: Func,
     source: bytes,
@@ -205,9 +257,11 @@ def autotune_package(
     cache_dir: Path | None = None,
     progress: Progress | None = None,
     overrides: Mapping[str, str] | None = None,
+    training: Training | None = None,
     **tune_kw: Any,
 ) -> Outcome:
-    """Tune ``func`` and write the package to ``out`` (atomically).
+    """Tune ``func`` and write the package to ``out`` (atomically); with ``training``, its
+    backward kernels too (each half gets ``opts.budget_s``), packed as ``[backward]``.
 
     ``tune_kw`` goes to ``tune`` (``measurer``, ``compile_fn``, ``clock``); ``compile_fn`` also
     compiles the winners.
@@ -221,12 +275,19 @@ def autotune_package(
 
     start = time.monotonic()
     run = tune(func, opts, db, gpu, progress, **tune_kw)
+    run_b = tune(training.backward, opts, db, gpu, progress, **tune_kw) if training else None
     versions = Versions.installed(gpu.driver if gpu else "")
-    name = digest(func, source, run, opts.target, versions,
-                  {"validate": hooks.validate is not None, "overrides": dict(overrides or {})})  # fmt: skip
+    extra = {"validate": hooks.validate is not None, "overrides": dict(overrides or {})}
+    if training is not None and run_b is not None:
+        extra["backward"] = {"ir": canonical_hash(training.backward), "fields": training.fields,
+                             "decisions": decisions(run_b, opts.target)}  # fmt: skip
+    name = digest(func, source, run, opts.target, versions, extra)
     cached = cache_dir / f"{name}.kpkg" if cache_dir is not None else None
     tuning = provenance(run, opts, gpu, versions)
-    if cached is not None and cached.is_file() and run.measured == 0:
+    if run_b is not None:
+        tuning["backward"] = provenance(run_b, opts, gpu, versions)
+    measured = run.measured + (run_b.measured if run_b is not None else 0)
+    if cached is not None and cached.is_file() and measured == 0:
         try:
             blob = cached.read_bytes()
             read_kpkg(blob, verify=True)
@@ -251,6 +312,12 @@ def autotune_package(
                                        hooks.versions())  # fmt: skip
     add_variants(manifest, members, run, opts.target)
     perf = perf_rows(run, opts.target)
+    if training is not None and run_b is not None:
+        table, extra_members = _backward_part(training, run_b, opts, hooks, tune_kw, progress)
+        manifest["backward"] = table
+        manifest["outputs"] = manifest["outputs"][: int(training.fields["num_outputs"])]
+        members.update(extra_members)
+        perf += perf_rows(run_b, opts.target)
     manifest.update(perf=perf, tuning=tuning, tuned=run.tuned)
     blob = pack_kpkg(manifest, members)
     write_atomic(out, blob)

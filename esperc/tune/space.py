@@ -51,7 +51,7 @@ MAX_REGS = 255  # registers per thread the hardware allows
 MAX_PERSISTENT_N = 16384  # configs.MAX_PERSISTENT_N: longest row held in one tile
 # region attributes that change the generated code (value-name attributes such as "a" or
 # "anchor" are left out of the hash: the canonical print renames values)
-_HASH_ATTRS = ("axis", "causal", "epilogue", "kind", "lowering", "mask", "scale", "trans_b",
+_HASH_ATTRS = ("axis", "causal", "epilogue", "kind", "lowering", "mask", "scale", "trans_a", "trans_b",
                "trans_k")  # fmt: skip
 FUTURE = {
     "matmul": ("split-K: the codegen has no split-K matmul template",
@@ -148,7 +148,8 @@ def describe(func: Func, kernel: GeneratedKernel) -> KernelInfo:
                tuple(nodes), tuple(outputs))  # fmt: skip
     dtypes = ",".join(types[v].dtype.value for v in inputs)
     out_dt = ",".join(types[v].dtype.value for v in outputs)
-    family = f"{kernel.kind}:{dtypes}->{out_dt}"
+    role = "finish" if kernel.finishes else kernel.kind  # a region's finishing kernel: its own key
+    family = f"{role}:{dtypes}->{out_dt}"
     text = f"{canonical_text(sub)}\nkind={kernel.kind}\nattrs={hashed}\n{family}"
     digest = hashlib.sha256(text.encode()).hexdigest()
     shapes = _shapes(kernel.kind, attrs, types, func.producers(), inputs, outputs)
@@ -227,7 +228,8 @@ def _candidates(info: KernelInfo, his: Mapping[str, int]) -> list[Config]:
     if info.kind == "reduction":
         full = tg.next_pow2(n_max)
         blocks = [full] if full <= MAX_PERSISTENT_N else []
-        blocks += [b for b in (512, 1024, 2048, 4096) if b < n_max]
+        if not any(a.partial_of for a in info.default.launch.allocs):  # column sums: one pass
+            blocks += [b for b in (512, 1024, 2048, 4096) if b < n_max]
         return [mk(w, 1, BLOCK_M=bm, BLOCK_N=bn) for bn, bm, w in
                 itertools.product(blocks, (1, 2, 4, 8, 16), (1, 2, 4, 8, 16))]  # fmt: skip
     if "BLOCK_M" not in info.default.constexprs:  # flat pointwise
@@ -293,6 +295,8 @@ def build_space(info: KernelInfo, target: tg.Target, his: Mapping[str, int]) -> 
         target: the GPU target (shared-memory limit, wgmma).
         his: upper bounds of the dynamic dims (``DimDecl.hi``), for dynamic row lengths.
     """
+    if info.default.finishes:  # a column-reduction finishing kernel: its one config (tiny work)
+        return Space(info.name, info.kind, (info.default.config,), 1, ())  # type: ignore[arg-type]
     cands = sorted(set(_candidates(info, his)), key=config_key)
     reasons: Counter[str] = Counter()
     kept: list[Config] = []

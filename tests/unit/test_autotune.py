@@ -73,6 +73,7 @@ class FakeMeasurer:
     def run(self, prepare, job) -> Result:
         if self.stop_after is not None and len(self.calls) >= self.stop_after:
             raise KeyboardInterrupt
+        assert all(a.partial_of for a in job.scratch)  # a finisher's inputs: partials only
         self.calls.append((job.key, job.dims))
         if job.key in self.status:
             return Result(job.key, self.status[job.key], error="injected")
@@ -453,3 +454,37 @@ def test_parse_shapes_product_defaults_and_errors(mlp):
     for bad in (["X=1"], ["B=one"], ["B=0"], ["B"]):
         with pytest.raises(typer.BadParameter):
             parse_shapes(bad, mlp)
+
+
+# ----- training packages: the backward is tuned too -------------------------------------------
+
+
+def test_training_package_tunes_backward_kernels_and_finishers(tmp_path):
+    from esperc.build import _versions
+    from esperc.build_backward import part_table, plan_fields, prepare
+    from esperc.build_steps import assemble
+    from esperc.tune.package import Training
+
+    src = ROOT / "samples" / "layer_norm.esp"
+    opts = driver.Options(backward=True)
+    tf = prepare(driver.lower(src, opts), opts)
+    measurer = FakeMeasurer()
+    out = tmp_path / "ln.train.kpkg"
+    got = autotune_package(tf.forward, src.read_bytes(), out, _opts(tf.forward),
+                           Hooks(assemble, _versions, None, part_table), PerfDB(":memory:"), GPU,
+                           None, training=Training(tf.backward, plan_fields(tf)),
+                           measurer=measurer, compile_fn=fake_compile)  # fmt: skip
+    m = read_kpkg(out).manifest
+    bw = m["backward"]
+    # the backward row reduction, its column-sum finisher and the casts: each has a dispatch
+    # table and was measured; the finisher's job carries the partials it reads
+    names = set(bw["kernels"])
+    assert any(n.endswith("_fin") for n in names) and len(names) >= 3
+    assert all("dispatch" in k for k in bw["kernels"].values())
+    fin = next(n for n in names if n.endswith("_fin"))
+    assert bw["kernels"][fin]["dispatch"]["buckets"]
+    assert {k for k, _ in measurer.calls} and m["tuning"]["backward"]["candidates_run"] > 0
+    assert m["outputs"] == [{"name": r, "dtype": "bf16", "shape": ["N", 4096]}
+                            for r in tf.forward.results[: tf.plan.num_outputs]]  # fmt: skip
+    assert {r["kernel"] for r in m["perf"]} >= names
+    assert got.run.tuned and bw["wrt"] == list(tf.plan.wrt)
