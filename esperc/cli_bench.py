@@ -18,7 +18,6 @@ CLI stays light.
 from __future__ import annotations
 
 import math
-import statistics
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -95,6 +94,8 @@ class Stats:
         """Summarise samples (ms). Raises ValueError for an empty sequence."""
         if not samples_ms:
             raise ValueError("no timing samples")
+        import statistics  # not at the top: every command imports this module; this costs ~5 ms
+
         xs = [float(x) for x in samples_ms]
         return Stats(
             n=len(xs),

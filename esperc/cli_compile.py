@@ -5,9 +5,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from rich.table import Table
-
 from esperc import driver
+from esperc.cli_fast import kernel_cache, package_hit, resolve_targets
 from esperc.cli_io import UI, progress_bar, write_text_atomic
 from esperc.ir.graph import Func
 from esperc.ir.printer import print_func, print_module
@@ -43,6 +42,8 @@ def _report_ctx(ui: UI, ctx: PassContext, time_passes: bool, explain: bool) -> N
             for line in ctx.remarks.get(pass_name, []):
                 ui.note(f"remark: {pass_name}: {line}")
     if time_passes:
+        from rich.table import Table
+
         total = sum(ms for _, ms in ctx.timings) or 1e-9
         table = Table(title="pass timing", show_edge=False)
         for col in ("pass", "ms", "%"):
@@ -88,12 +89,7 @@ def run_compile(
 
         _emit_text(ui, print_plan(differentiate(driver.lower(file, opts))), output)
         return
-    arch = None
-    if target.strip() == "auto":  # probing the GPU imports torch: only when asked to
-        from esperc.backend.targets import local_arch
-
-        arch = local_arch()
-    opts.targets = driver.parse_targets(target, arch)
+    opts.targets = resolve_targets(target)
     if pipeline is not None:
         opts.pipeline = pipeline
     if emit == "kpkg" and not opts.backward and _cached_package(ui, file, output, opts):
@@ -121,7 +117,7 @@ def run_compile(
     out = output or file.with_suffix(".kpkg")
     with progress_bar(ui, "build") as report:
         result = build.build_package(
-            file, func, opts, out, report, cache=_cache(ui), training=training
+            file, func, opts, out, report, cache=kernel_cache(), training=training
         )
     if ui.json:
         ui.print_json(result.summary())
@@ -130,18 +126,8 @@ def run_compile(
 
 
 def _cached_package(ui: UI, file: Path, output: Path | None, opts: driver.Options) -> bool:
-    """On a kernel-cache hit, write the stored package and report it; False on a miss.
-
-    The key covers only the source bytes and options, so this runs before lowering: a hit costs
-    a read, a checksum pass and an atomic write.
-    """
-    cache = _cache(ui)
-    if cache is None:
-        return False
-    from esperc.build import package_from_cache
-
-    source = driver.read_source(file)
-    result = package_from_cache(cache, source, opts, output or file.with_suffix(".kpkg"))
+    """On a kernel-cache hit, write the stored package and report it; False on a miss."""
+    result = package_hit(file, output, opts)
     if result is None:
         return False
     if ui.json:
@@ -149,17 +135,6 @@ def _cached_package(ui: UI, file: Path, output: Path | None, opts: driver.Option
     else:
         ui.note(result.one_line())
     return True
-
-
-def _cache(ui: UI):  # noqa: ANN202 - a KernelCache, or None when ESPERC_NO_CACHE=1
-    import os
-
-    if os.environ.get("ESPERC_NO_CACHE") == "1":
-        return None
-    from esperc.cache import KernelCache
-    from esperc.paths import state_paths
-
-    return KernelCache(state_paths().cache_dir)
 
 
 def _func_json(func: Func) -> str:
@@ -219,6 +194,8 @@ def run_passes(ui: UI) -> None:
             }
         )  # fmt: skip
         return
+    from rich.table import Table
+
     table = Table(show_edge=False, box=None, pad_edge=False)
     table.add_column("pass", style="bold")
     table.add_column("summary")

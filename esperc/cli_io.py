@@ -4,19 +4,21 @@ and the ``guard`` that turns a command's outcome into the documented exit status
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import sys
 import tempfile
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any
-
-from rich.console import Console
+from typing import TYPE_CHECKING, Any
 
 from esperc.diagnostics import Diagnostic, DiagnosticError, render_all, to_json
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 
 class ColorMode(str, Enum):
@@ -36,29 +38,33 @@ def use_color(mode: ColorMode, stream: Any) -> bool:
 
 @dataclass
 class UI:
-    """Where a command's output goes; built once per command from its flags."""
+    """Where a command's output goes; built once per command from its flags.
+
+    ``out`` and ``err`` are rich consoles for tables and syntax, built on first use: importing
+    rich costs about 20 ms, and most commands print plain lines only.
+    """
 
     color: bool
     json: bool
-    out: Console
-    err: Console
-    sources: dict[str, str]
+    mode: ColorMode
+    width: int | None
+    sources: dict[str, str] = field(default_factory=dict)
 
     @staticmethod
     def make(mode: ColorMode, json_mode: bool) -> UI:
-        color = use_color(mode, sys.stderr)
-        out_color = use_color(mode, sys.stdout)
         # Off a terminal (pipes, files, lit), tables get a fixed, readable width.
         width = None if sys.stdout.isatty() else int(os.environ.get("COLUMNS", "0") or 0) or 160
-        return UI(
-            color=color,
-            json=json_mode,
-            out=Console(markup=False, highlight=False, no_color=not out_color, soft_wrap=True, width=width,
-                        force_terminal=out_color if mode is ColorMode.always else None),
-            err=Console(stderr=True, markup=False, highlight=False, no_color=not color, width=width,
-                        soft_wrap=True, force_terminal=color if mode is ColorMode.always else None),
-            sources={},
-        )  # fmt: skip
+        return UI(color=use_color(mode, sys.stderr), json=json_mode, mode=mode, width=width)
+
+    @functools.cached_property
+    def out(self) -> Console:
+        """The rich console on stdout."""
+        return _console(self.mode, self.width, stderr=False)
+
+    @functools.cached_property
+    def err(self) -> Console:
+        """The rich console on stderr."""
+        return _console(self.mode, self.width, stderr=True)
 
     def add_source(self, path: str | Path, raw: bytes | None = None) -> None:
         """Remember a source's text so diagnostics can show its lines."""
@@ -114,6 +120,14 @@ class UI:
             if isinstance(e, PassCrash):
                 internal_error(e.cause, f"pass '{e.pass_name}'")
             internal_error(e)
+
+
+def _console(mode: ColorMode, width: int | None, *, stderr: bool) -> Console:
+    from rich.console import Console
+
+    color = use_color(mode, sys.stderr if stderr else sys.stdout)
+    return Console(stderr=stderr, markup=False, highlight=False, no_color=not color, soft_wrap=True,
+                   width=width, force_terminal=color if mode is ColorMode.always else None)  # fmt: skip
 
 
 def _is_guard_error(e: Exception) -> bool:

@@ -6,13 +6,14 @@ import contextlib
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.syntax import Syntax
-from rich.table import Table
 
 from esperc.cli_io import UI, ColorMode
+
+if TYPE_CHECKING:
+    from rich.table import Table
 
 
 def register(app: typer.Typer) -> None:
@@ -76,6 +77,8 @@ def run_inspect(ui: UI, file: Path, source: str | None, ir: bool, verify: bool) 
 def _show(ui: UI, pkg: Any, source: str | None, ir: bool) -> None:
     m = pkg.manifest
     if source is not None:
+        from rich.syntax import Syntax
+
         ui.out.print(
             Syntax(kernel_source(pkg, source), "python", line_numbers=False, word_wrap=True)
         )
@@ -152,6 +155,8 @@ def _summary(ui: UI, m: dict) -> None:
     if not perf:
         out.print("performance: not tuned (esperc autotune fills this table)")
         return
+    from rich.table import Table
+
     pt = Table(title="performance", show_edge=False)
     for col in ("kernel", "target", "bucket", "p50 ms", "p95 ms", "config"):
         pt.add_column(col)
@@ -162,6 +167,8 @@ def _summary(ui: UI, m: dict) -> None:
 
 
 def _kernels_table(title: str, kernels: dict) -> Table:
+    from rich.table import Table
+
     table = Table(title=title, show_edge=False)
     for col in (
         "kernel",

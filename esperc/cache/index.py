@@ -1,6 +1,6 @@
 """The kernel cache's index: an append-only JSON-lines log of puts and hits.
 
-One record a line, written with one ``write`` under a file lock:
+One record a line, written with one ``O_APPEND`` ``write`` (put records under a file lock):
 
     {"op": "put", "digest": ..., "key": {...}, "meta": {...}, "size": 1234, "t": 1.7e9}
     {"op": "hit", "digest": ..., "t": 1.7e9}
@@ -21,8 +21,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-from filelock import FileLock, Timeout
 
 __all__ = ["Index", "IndexRecord"]
 
@@ -49,20 +47,35 @@ class Index:
         self.path = path
         self.lock_path = lock_path
 
-    def append(self, record: dict[str, Any]) -> None:
+    def append(self, record: dict[str, Any], *, lock: bool = True) -> None:
         """Append one record.
 
+        Args:
+            record: The record (JSON-ready).
+            lock: Hold the index lock while writing. Hit records go without it: one
+                ``O_APPEND`` write does not interleave with other appends, a hit that races a
+                ``compact`` is at worst lost (hit counts are best effort), and a cache hit does
+                not import filelock (about 10 ms).
+
         Raises:
-            OSError: The log cannot be written (read-only, full disk).
-            filelock.Timeout: The lock was held for longer than 5 s.
+            OSError: The log cannot be written (read-only, full disk), or the lock was held for
+                longer than 5 s (``filelock.Timeout``, a ``TimeoutError``).
         """
         line = (json.dumps(record, sort_keys=True, separators=(",", ":")) + "\n").encode()
+        if not lock:
+            self._write(line)
+            return
+        from filelock import FileLock
+
         with FileLock(self.lock_path, timeout=LOCK_TIMEOUT_S):
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-            try:
-                os.write(fd, line)
-            finally:
-                os.close(fd)
+            self._write(line)
+
+    def _write(self, line: bytes) -> None:
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line)
+        finally:
+            os.close(fd)
 
     def load(self) -> dict[str, IndexRecord]:
         """The records folded by digest (an unreadable log reads as empty)."""
@@ -83,8 +96,10 @@ class Index:
         """Rewrite the log to the records of ``live`` digests (atomically, under the lock).
 
         Raises:
-            OSError, filelock.Timeout: As ``append``.
+            OSError: As ``append``.
         """
+        from filelock import FileLock
+
         keep = set(live)
         with FileLock(self.lock_path, timeout=LOCK_TIMEOUT_S):
             records = [r for d, r in sorted(self.load().items()) if d in keep]
@@ -136,10 +151,10 @@ def _fold(out: dict[str, IndexRecord], rec: dict[str, Any]) -> None:
         r.last_hit = float(rec.get("t", 0.0))
 
 
-def try_append(index: Index, record: dict[str, Any]) -> bool:
+def try_append(index: Index, record: dict[str, Any], *, lock: bool = True) -> bool:
     """``append``, reporting failure as False instead of raising."""
     try:
-        index.append(record)
+        index.append(record, lock=lock)
         return True
-    except (OSError, Timeout):
+    except OSError:  # filelock.Timeout included
         return False

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from functools import lru_cache
@@ -34,17 +36,57 @@ class CompileOptions(Protocol):
 def installed_versions() -> dict[str, str]:
     """The installed esperc, triton and torch versions, read from package metadata (neither
     triton nor torch is imported); ``"none"`` for a package that is not installed."""
-    from importlib.metadata import PackageNotFoundError, version
-
     from esperc import __version__
 
     out = {"esperc": __version__}
     for name in ("triton", "torch"):
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = "none"
+        out[name] = _dist_info_version(name) or _metadata_version(name)
     return out
+
+
+def _dist_info_version(name: str) -> str | None:
+    """The ``Version`` of the first ``NAME-*.dist-info`` on ``sys.path``, or None if there is
+    none. What ``importlib.metadata.version`` answers for a wheel install, without importing
+    ``importlib.metadata``, which costs 15-30 ms on every compile cache hit."""
+    prefix = f"{name}-"
+    for entry in sys.path:
+        folder = entry or "."
+        try:
+            children = sorted(os.listdir(folder))
+        except OSError:
+            continue  # not a folder (a zip, a missing entry)
+        for child in children:
+            if child.lower().startswith(prefix) and child.endswith(".dist-info"):
+                version = _metadata_field(os.path.join(folder, child, "METADATA"), "Version")
+                if version is not None:
+                    return version
+    return None
+
+
+def _metadata_field(path: str, field_name: str) -> str | None:
+    """A header field of a core-metadata file (RFC 822 style: headers end at a blank line)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                if not line.strip():
+                    break
+                key, colon, value = line.partition(":")
+                if colon and key == field_name:
+                    return value.strip()
+    except (OSError, UnicodeDecodeError):
+        pass
+    return None
+
+
+def _metadata_version(name: str) -> str:
+    """``importlib.metadata``'s answer, for installs that are not a plain dist-info folder
+    (egg-info, zipped); ``"none"`` when the package is not installed."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return "none"
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,14 +25,15 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-from filelock import FileLock, Timeout
+from typing import TYPE_CHECKING, Any
 
 from esperc.cache.index import Index, try_append
 from esperc.cache.key import CacheKey
 from esperc.cache.lru import BytesLRU
 from esperc.kpkg import KpkgError, read_kpkg
+
+if TYPE_CHECKING:
+    from filelock import FileLock
 
 __all__ = ["CacheEntry", "KernelCache"]
 
@@ -95,6 +96,9 @@ class KernelCache:
         return self.dir / digest[:2] / f"{digest}.kpkg"
 
     def _lock(self, digest: str) -> FileLock:
+        # filelock is imported here, not above: a hit takes no lock, and the import costs ~10 ms.
+        from filelock import FileLock
+
         (self.dir / "locks").mkdir(parents=True, exist_ok=True)
         return FileLock(self.dir / "locks" / f"{digest}.lock")
 
@@ -114,7 +118,7 @@ class KernelCache:
         digest = key.digest()
         data = self.read_verified(digest)
         if data is not None:
-            try_append(self.index, {"op": "hit", "digest": digest, "t": time.time()})
+            try_append(self.index, {"op": "hit", "digest": digest, "t": time.time()}, lock=False)
         return data
 
     def read_verified(self, digest: str, *, repair: bool = True) -> bytes | None:
@@ -153,7 +157,7 @@ class KernelCache:
                 # Only the file we judged: another process may have just replaced it.
                 if (digest, st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size) == seen:
                     path.unlink()
-        except (OSError, Timeout) as e:
+        except OSError as e:  # filelock.Timeout included
             log.debug("kernel cache: cannot remove %s: %s", path, e)
 
     # ----- writes ------------------------------------------------------------------------------
@@ -183,6 +187,8 @@ class KernelCache:
             if locked:
                 self._replace_if_different(path, data)
             else:
+                from filelock import Timeout
+
                 try:
                     with self._lock(digest).acquire(timeout=self.lock_timeout_s):
                         self._replace_if_different(path, data)
@@ -228,7 +234,7 @@ class KernelCache:
         try:
             lock = self._lock(digest)
             lock.acquire(timeout=self.lock_timeout_s)
-        except (OSError, Timeout):
+        except OSError:  # filelock.Timeout included
             lock = None
         try:
             if lock is not None:
@@ -317,7 +323,7 @@ class KernelCache:
             for folder in self.dir.glob("??"):
                 removed += self._sweep_folder(folder, max_age_s)
         live = [p.name[:64] for p in self._entry_files()]
-        with contextlib.suppress(OSError, Timeout):
+        with contextlib.suppress(OSError):  # filelock.Timeout included
             if self.index.path.exists():
                 self.index.compact(live)
         return removed

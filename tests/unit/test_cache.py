@@ -1,11 +1,17 @@
 """The kernel cache: keys, put/get, verification of reads, explain, ls/size/clear, the in-memory
-LRU, and the ``esperc cache`` commands."""
+LRU, the ``esperc cache`` commands, and ``esperc compile`` answered from the cache."""
 
 from __future__ import annotations
 
 import dataclasses
+import importlib.metadata
 import json
 import logging
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -14,8 +20,11 @@ from typer.testing import CliRunner
 
 from esperc import driver
 from esperc.cache import BytesLRU, CacheKey, KernelCache, read_file_cached
+from esperc.cache.key import _dist_info_version
+from esperc.cli_fast import compile_hit, parse_plain_compile, resolve_targets
 from esperc.cli_tune import cache_key_for, register
 from esperc.kpkg import FORMAT_VERSION, KpkgError, pack_kpkg, read_kpkg
+from esperc.runtime import cuda_driver
 
 SOURCE = b"blueprint tiny(x: f32[N]) -> f32[N] { return x }\n"
 VERSIONS = {"esperc": "0.1.0", "triton": "3.9.0", "torch": "2.13.0"}
@@ -68,6 +77,19 @@ def test_key_ignores_override_order_and_round_trips_through_dicts() -> None:
         "pipeline",
         "validate",
     ]
+
+
+def test_versions_come_from_dist_info_as_importlib_metadata_reads_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("torch", "triton"):
+        assert _dist_info_version(name) == importlib.metadata.version(name)
+    info = tmp_path / "fake_pkg-1.2.3.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: fake_pkg\nVersion: 1.2.3+x\n\n"
+                                   "Version: 9 (the body, not a header)\n")  # fmt: skip
+    monkeypatch.setattr(sys, "path", [str(tmp_path / "missing"), str(tmp_path)])
+    assert _dist_info_version("fake_pkg") == "1.2.3+x" and _dist_info_version("fake") is None
 
 
 def test_cache_key_for_reads_the_file_like_compile(tmp_path: Path) -> None:
@@ -253,3 +275,142 @@ def test_cli_cache_explain_builds_the_compile_key(tmp_path: Path) -> None:
     assert r.exit_code == 1 and "E0502" in r.stderr
     r = _cli(tmp_path, "cache", "explain", str(f), "--target", "sm_99")
     assert r.exit_code == 1 and "E0401" in r.stderr
+
+
+# ----- esperc compile on a hit -------------------------------------------------------------------
+
+# Runs the console entry point, then writes the names of every imported module to $MODULES_OUT.
+_MAIN = """import atexit, os, sys
+atexit.register(lambda: open(os.environ["MODULES_OUT"], "w").write("\\n".join(sys.modules)))
+from esperc.cli import main
+main()
+"""
+
+
+def _stored_hit(tmp_path: Path) -> tuple[Path, bytes]:
+    """A blueprint file and the package the cache holds for a plain compile of it."""
+    f = tmp_path / "tiny.esp"
+    f.write_bytes(SOURCE)
+    opts = driver.Options()
+    opts.targets = resolve_targets("auto")
+    manifest = {"blueprint": {"name": "tiny", "ir_hash": "ab" * 32}, "targets": list(opts.targets),
+                "kernels": {}, "validation": {"status": "skipped"}}  # fmt: skip
+    data = pack_kpkg(manifest, {"source.esp": SOURCE})
+    assert KernelCache(tmp_path / "cache").put(cache_key_for(f, opts), data)
+    return f, data
+
+
+def _run_main(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], set[str]]:
+    env = {**os.environ, "ESPERC_CACHE_DIR": str(tmp_path / "cache"),
+           "MODULES_OUT": str(tmp_path / "modules.txt")}  # fmt: skip
+    env.pop("ESPERC_NO_CACHE", None)
+    run = subprocess.run([sys.executable, "-c", _MAIN, *args], env=env, capture_output=True,
+                         text=True, timeout=120)  # fmt: skip
+    return run, set((tmp_path / "modules.txt").read_text().split())
+
+
+def test_a_plain_compile_hit_writes_the_stored_bytes_without_heavy_imports(tmp_path: Path) -> None:
+    f, data = _stored_hit(tmp_path)
+    a, b = tmp_path / "a.kpkg", tmp_path / "b.kpkg"
+    fast, fast_mods = _run_main(tmp_path, "compile", str(f), "-o", str(a))
+    assert fast.returncode == 0 and fast.stdout == "" and "esperc.cli_fast" in fast_mods
+    assert a.read_bytes() == data
+    # typer, rich and pydantic are ~150 ms; importlib.metadata and filelock ~10-20 ms each.
+    heavy = {"torch", "triton", "lark", "typer", "rich", "pydantic", "importlib.metadata",
+             "filelock"}  # fmt: skip
+    assert not heavy & fast_mods
+    # Any other flag goes through the full CLI: the same bytes and line, still no torch.
+    full, full_mods = _run_main(tmp_path, "compile", str(f), "--output", str(b), "--color", "never")
+    assert full.returncode == 0 and "typer" in full_mods
+    assert not {"torch", "triton", "lark"} & full_mods
+    assert b.read_bytes() == data
+
+    def line(run: subprocess.CompletedProcess[str], out: Path) -> str:  # no path, no seconds
+        return re.sub(r"[0-9.]+ s \(", "T s (", run.stderr.replace(str(out), "OUT"))
+
+    arch = resolve_targets("auto")[0]
+    want = (
+        f"wrote OUT: @tiny, 0 kernels x 1 targets ({arch}), validation skipped, T s (cache hit)\n"
+    )
+    assert line(fast, a) == line(full, b) == want
+
+
+def test_the_fast_path_answers_hits_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    f, data = _stored_hit(tmp_path)
+    out = tmp_path / "o.kpkg"
+    monkeypatch.setenv("ESPERC_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("ESPERC_NO_CACHE", "1")
+    assert not compile_hit(["compile", str(f), "-o", str(out)])
+    monkeypatch.delenv("ESPERC_NO_CACHE")
+    assert not compile_hit(["compile", str(f), "-o", str(out), "--json"])
+    assert not compile_hit(["compile", str(f), "-o", str(out), "--target", "sm_80"])  # a miss
+    assert not compile_hit(["compile", str(tmp_path / "missing.esp"), "-o", str(out)])
+    assert not compile_hit(["compile", str(f), "-o", str(out), "--target", "sm_99"])
+    assert not out.exists() and capsys.readouterr().err == ""
+    assert compile_hit(["compile", str(f), f"--output={out}"]) and out.read_bytes() == data
+    assert "(cache hit)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "plain"),
+    [
+        (["compile", "a.esp"], ("a.esp", None, "auto")),
+        (["compile", "-o", "x.kpkg", "a.esp", "--target", "sm_80"], ("a.esp", "x.kpkg", "sm_80")),
+        (["compile", "a.esp", "--output=x.kpkg", "--target=sm_90,sm_80"],
+         ("a.esp", "x.kpkg", "sm_90,sm_80")),
+        (["compile"], None), (["run", "a.esp"], None), (["compile", "a.esp", "b.esp"], None),
+        (["compile", "a.esp", "-o"], None), (["compile", "a.esp", "--output="], None),
+        (["compile", "a.esp", "-o", "x", "-o", "y"], None), (["compile", "a.esp", "-o", "--json"], None),
+        (["compile", "a.esp", "--emit", "ir"], None), (["compile", "a.esp", "-h"], None),
+        (["compile", "--", "a.esp"], None), (["compile", "a.esp", "-ox.kpkg"], None),
+    ],
+)  # fmt: skip
+def test_only_a_plain_compile_takes_the_fast_path(argv: list[str], plain: tuple | None) -> None:
+    assert parse_plain_compile(argv) == plain
+
+
+class _FakeLibcuda:
+    """Stands in for libcuda.so.1: ``count`` devices, the first of compute capability 8.6."""
+
+    def __init__(self, count: int) -> None:
+        def put(value: Callable[..., int]) -> Callable[..., int]:  # writes through a byref arg
+            return lambda ref, *args: setattr(ref._obj, "value", value(*args)) or 0  # CUDA_SUCCESS
+
+        capability = {cuda_driver.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR: 8,
+                      cuda_driver.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR: 6}  # fmt: skip
+        self.cuInit = lambda flags: 0 if count else 100  # CUDA_ERROR_NO_DEVICE
+        self.cuDeviceGetCount = put(lambda: count)
+        self.cuDeviceGet = put(lambda ordinal: ordinal)
+        self.cuDeviceGetAttribute = put(lambda attribute, device: capability[attribute])
+        self.cuGetErrorName = self.cuGetErrorString = lambda code, ref: 0
+
+    def __getattr__(self, name: str) -> Callable[..., int]:  # the rest: present, never called
+        return lambda *_: 0
+
+
+@pytest.mark.parametrize(("count", "arch"), [(0, None), (2, "sm_86")])
+def test_the_gpu_probe_asks_libcuda(
+    monkeypatch: pytest.MonkeyPatch, count: int, arch: str | None
+) -> None:
+    cuda_driver.driver.cache_clear()
+    monkeypatch.setattr(cuda_driver.ctypes, "CDLL", lambda name: _FakeLibcuda(count))
+    try:
+        assert cuda_driver.local_arch() == arch
+        assert resolve_targets("auto") == (arch or "sm_90",)
+    finally:
+        cuda_driver.driver.cache_clear()
+
+
+def test_the_gpu_probe_is_none_without_libcuda(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_library(name: str) -> None:
+        raise OSError(f"{name}: cannot open shared object file")
+
+    cuda_driver.driver.cache_clear()
+    monkeypatch.setattr(cuda_driver.ctypes, "CDLL", no_library)
+    try:
+        assert cuda_driver.local_arch() is None
+        assert resolve_targets("auto") == ("sm_90",) and resolve_targets(" sm_80 ") == ("sm_80",)
+    finally:
+        cuda_driver.driver.cache_clear()
