@@ -1,9 +1,10 @@
 """The esperc packages the benchmark times: built with the CLI, cold, or taken prebuilt.
 
-A build runs ``python -m esperc compile BLUEPRINT.esp --target sm_XY -o NAME.kpkg --json`` in a
-child process with the kernel cache off (``ESPERC_NO_CACHE=1``) and an empty Triton cache, so
-the recorded time is a cold compile: the CLI's own ``seconds`` (codegen, AOT compile,
-validation, packing) and the wall time of the whole command (Python start and imports too).
+A build runs ``python -m esperc compile BLUEPRINT.esp --target sm_XY -o KEY.kpkg --json`` (with
+``--backward`` for a training row, whose KEY is ``NAME.train``) in a child process with the
+kernel cache off (``ESPERC_NO_CACHE=1``) and an empty Triton cache, so the recorded time is a
+cold compile: the CLI's own ``seconds`` (codegen, AOT compile, validation, packing) and the wall
+time of the whole command (Python start and imports too).
 """
 
 from __future__ import annotations
@@ -30,15 +31,27 @@ def child_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def build_package(spec: Spec, arch: str, out_dir: Path, timeout_s: float = 300) -> dict[str, Any]:
-    """Compile ``spec``'s blueprint for ``arch`` into ``out_dir/NAME.kpkg``.
+def compile_command(spec: Spec, arch: str, out: Path) -> list[str]:
+    """The CLI command that builds ``spec``'s package: a training package (``--backward``:
+    forward and backward kernels) for a training row."""
+    cmd = [sys.executable, "-m", "esperc", "compile", str(spec.path), "--target", arch,
+           "-o", str(out), "--json", "--color", "never"]  # fmt: skip
+    return cmd + ["--backward"] if spec.train else cmd
+
+
+def build_package(
+    spec: Spec, arch: str, out_dir: Path, timeout_s: float | None = None
+) -> dict[str, Any]:
+    """Compile ``spec``'s blueprint for ``arch`` into ``out_dir/KEY.kpkg`` (``NAME.kpkg``, or
+    ``NAME.train.kpkg`` for a training row). The timeout defaults to 300 s, 600 s for a
+    training package (validating the backward in the interpreter takes minutes for the MLPs).
 
     Returns a JSON-able dict: ``path`` (None when the build failed), ``compile_s`` (the CLI's
     build seconds), ``wall_s`` (the whole command), ``note`` and the CLI's ``summary``.
     """
-    out = out_dir / f"{spec.name}.kpkg"
-    cmd = [sys.executable, "-m", "esperc", "compile", str(spec.path), "--target", arch,
-           "-o", str(out), "--json", "--color", "never"]  # fmt: skip
+    timeout_s = timeout_s or (600.0 if spec.train else 300.0)
+    out = out_dir / f"{spec.key}.kpkg"
+    cmd = compile_command(spec, arch, out)
     with tempfile.TemporaryDirectory(prefix="bench-triton-") as cache:
         env = child_env(ESPERC_NO_CACHE="1", TRITON_CACHE_DIR=cache)
         t0 = time.perf_counter()
@@ -73,12 +86,13 @@ def validation_note(kernels: list[dict[str, Any]]) -> str:
 
 
 def prebuilt(spec: Spec, kpkg_dir: Path) -> dict[str, Any]:
-    """A package from ``--esperc-kpkg-dir``: ``NAME.kpkg``, and its compile time from
-    ``NAME.json`` (the CLI's ``--json`` output) when that file is there."""
-    path = kpkg_dir / f"{spec.name}.kpkg"
+    """A package from ``--esperc-kpkg-dir``: ``KEY.kpkg`` (``NAME.kpkg``, or ``NAME.train.kpkg``
+    for a training row), and its compile time from ``KEY.json`` (the CLI's ``--json`` output)
+    when that file is there."""
+    path = kpkg_dir / f"{spec.key}.kpkg"
     if not path.exists():
         return {"path": None, "compile_s": None, "wall_s": None, "note": f"no {path}"}
-    meta = kpkg_dir / f"{spec.name}.json"
+    meta = kpkg_dir / f"{spec.key}.json"
     seconds = None
     if meta.exists():
         try:
@@ -89,7 +103,10 @@ def prebuilt(spec: Spec, kpkg_dir: Path) -> dict[str, Any]:
     try:
         from esperc.kpkg import read_kpkg
 
-        kernels = read_kpkg(path).manifest.get("kernels", {})
+        manifest = read_kpkg(path).manifest
+        if spec.train and "backward" not in manifest:
+            note += "; NOT a training package (no [backward]: build it with --backward)"
+        kernels = manifest.get("kernels", {}) | manifest.get("backward", {}).get("kernels", {})
         extra = validation_note([{"name": n, "validation": k.get("validation", {}).get("status")}
                                  for n, k in kernels.items()])  # fmt: skip
         note += f"; {extra}" if extra else ""

@@ -10,6 +10,11 @@ installed); any other exception is that peer's error. Peers:
 - ``liger``: Liger-Kernel's op where it has one (``liger_kernel`` is rarely installed);
 - ``sdpa (flash)``: ``F.scaled_dot_product_attention`` on the flash backend, for attention;
 - ``esperc``: the ``.kpkg`` loaded with ``esperc.load(path, fallback="error")``.
+
+A training row has the same peers, each a function of the forward that autograd differentiates
+(``measure.Workload`` runs the step around it): eager's and Liger's backward are theirs,
+torch.compile's is the AOTAutograd backward it compiles with the forward, esperc's is the
+training package's (``esperc compile --backward``; ``esperc/runtime/autograd.py``).
 """
 
 from __future__ import annotations
@@ -99,6 +104,8 @@ def liger_available() -> bool:
 def _liger_op(op: str) -> Fn:
     if not liger_available():
         raise Unavailable("liger_kernel is not installed")
+    # The autograd Functions that LigerLayerNorm / LigerSwiGLUMLP run on NVIDIA GPUs (Liger's
+    # Triton implementation; 0.8's dispatcher picks it when no optional DSL extra is installed).
     if op == "layer_norm":
         from liger_kernel.ops.layer_norm import LigerLayerNormFunction
 

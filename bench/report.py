@@ -13,6 +13,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from bench.specs import target_verdict
+
 DASH = "–"
 PEER_ORDER = ("eager", "torch.compile", "torch.compile max-autotune", "liger", "sdpa (flash)",
               "esperc")  # fmt: skip
@@ -40,6 +42,9 @@ def peer_row(row: Mapping[str, Any], unit: str) -> list[str]:
         cells = [status.replace("|", "/")] + [DASH] * 6
         return [name, *cells]
     err = fmt(row.get("rel_err"), kind="e")
+    errs = (row.get("extra") or {}).get("rel_errs") or {}
+    if len(errs) > 1:  # a training row: name the worst of the output and the gradients
+        err += f" ({max(errs, key=lambda k: errs[k])})"
     verdict = row.get("numerics_ok")
     err += " ✓" if verdict else " ✗ FAIL" if verdict is False else ""
     sp = row.get("speedup")
@@ -69,9 +74,7 @@ def blueprint_section(bp: Mapping[str, Any]) -> str:
     ceil_name = "copy" if bp.get("bound") == "memory" else "GEMM"
     moved = f", {bp['bytes'] / 1e6:.0f} MB moved" if bp.get("bytes") else ""
     flops = f", {bp['flops'] / 1e9:.1f} GFLOP" if bp.get("flops") else ""
-    head = (
-        f"## {bp['blueprint']} — {bp.get('describe', '')} ({bp.get('bound')}-bound{moved}{flops})"
-    )
+    head = f"## {_label(bp)} — {bp.get('describe', '')} ({bp.get('bound')}-bound{moved}{flops})"
     if bp.get("error"):
         return f"{head}\n\nblueprint failed before any peer ran: {bp['error']}\n"
     header = ["peer", "median ms", "p95 ms", unit, f"% of {ceil_name}", "esperc speedup",
@@ -82,6 +85,10 @@ def blueprint_section(bp: Mapping[str, Any]) -> str:
     if notes:
         out += ["", *notes]
     return "\n".join(out) + "\n"
+
+
+def _label(bp: Mapping[str, Any]) -> str:
+    return bp.get("label") or bp["blueprint"]
 
 
 def _order(peer: str) -> int:
@@ -112,7 +119,9 @@ def _notes(bp: Mapping[str, Any]) -> list[str]:
 
 
 def summary_table(blueprints: Sequence[Mapping[str, Any]]) -> str:
-    """One line per blueprint: esperc against eager and against the fastest other peer."""
+    """One line per row: esperc against eager and against the fastest other peer; and, when a
+    row has one, the issue's target and whether this run met it."""
+    with_target = any((bp.get("target") or {}).get("text") for bp in blueprints)
     rows = []
     for bp in blueprints:
         ok = {r["peer"]: r for r in bp.get("rows", []) if r.get("status") == "ok"}
@@ -120,7 +129,7 @@ def summary_table(blueprints: Sequence[Mapping[str, Any]]) -> str:
         others = [r for p, r in ok.items() if p != "esperc" and r.get("median_ms")]
         best = min(others, key=lambda r: r["median_ms"]) if others else None
         rows.append([
-            bp["blueprint"],
+            _label(bp),
             fmt(mine["median_ms"], 4) if mine else DASH,
             fmt(ok["eager"]["median_ms"], 4) if "eager" in ok else DASH,
             f"{best['peer']} {fmt(best['median_ms'], 4)}" if best else DASH,
@@ -128,9 +137,24 @@ def summary_table(blueprints: Sequence[Mapping[str, Any]]) -> str:
             fmt(mine.get("pct_ceiling"), 1) if mine else DASH,
             _verdict(mine),
         ])  # fmt: skip
+        if with_target:
+            rows[-1] += [(bp.get("target") or {}).get("text") or DASH, _target_met(bp, ok)]
     header = ["blueprint", "esperc ms", "eager ms", "fastest other peer (ms)",
               "esperc speedup vs it", "esperc % of ceiling", "esperc numerics"]  # fmt: skip
+    if with_target:
+        return table([*header, "target (issue)", "target met"], rows, "lrrlrrlll")
     return table(header, rows, "lrrlrrl")
+
+
+def _target_met(bp: Mapping[str, Any], ok: Mapping[str, Mapping[str, Any]]) -> str:
+    target = [tuple(t) for t in (bp.get("target") or {}).get("peers", [])]
+    if not target:
+        return DASH
+    mine = ok.get("esperc")
+    if mine is not None and mine.get("numerics_ok") is False:
+        return "not met: esperc numerics FAIL"
+    times = {p: r["median_ms"] for p, r in ok.items() if p != "esperc" and r.get("median_ms")}
+    return target_verdict(target, mine["median_ms"] if mine else None, times)
 
 
 def _verdict(row: Mapping[str, Any] | None) -> str:
@@ -172,6 +196,20 @@ LEGEND = (
     "otherwise."
 )
 
+TRAIN_LEGEND = (
+    "Training rows (fwd+bwd): one call is one training step of the blueprint, "
+    "`out = f(**tensors); out.backward(grad)`, every input and param requiring grad, a fixed "
+    "random upstream gradient; the gradients are set to None before every timed call, outside "
+    "the CUDA events, with the L2 flush. Peers: eager autograd, torch.compile (AOTAutograd "
+    "compiles the backward with the forward; compile s covers both), Liger's autograd "
+    "Functions, and the esperc training package (`esperc compile --backward`). rel err: the "
+    "worst of the output and every gradient (named), each against the float64 reference's "
+    "autograd result; ✓ when every one is within max(1e-2, 2 × eager's own error on it). "
+    "TFLOP/s: 3 × the forward matmul FLOPs (the backward of a matmul is two of its size). "
+    "GB/s: forward inputs and params read + outputs written, then output gradients read, inputs "
+    "read again, every gradient written (layer_norm [N, D]: 5·N·D + 4·D elements)."
+)
+
 
 def costs_section(results: Mapping[str, Any]) -> str:
     out = ["## Per-call overhead and start-up", ""]
@@ -201,10 +239,16 @@ def markdown(results: Mapping[str, Any]) -> str:
     """The whole ``results.md``."""
     meta = results.get("meta", {})
     bps = results.get("blueprints", [])
+    forward = [bp for bp in bps if not bp.get("train")]
+    train = [bp for bp in bps if bp.get("train")]
     parts = [f"# esperc benchmark — {meta.get('gpu', '?')}", "", header_block(meta,
-             results.get("ceilings", {})), "", LEGEND, "", "## Summary", "", summary_table(bps),
-             ""]  # fmt: skip
-    parts += [blueprint_section(bp) for bp in bps]
+             results.get("ceilings", {})), "", LEGEND, ""]  # fmt: skip
+    if forward or not train:
+        parts += ["## Summary", "", summary_table(forward), ""]
+    if train:
+        parts += ["## Summary: training (forward + backward)", "", TRAIN_LEGEND, "",
+                  summary_table(train), ""]  # fmt: skip
+    parts += [blueprint_section(bp) for bp in forward + train]
     costs = costs_section(results)
     if costs:
         parts.append(costs)
@@ -245,7 +289,7 @@ def plot(results: Mapping[str, Any], path: Path) -> str:
             ax.axhline(
                 c, ls="--", c="k", lw=1, label=f"{'copy' if unit == 'GB/s' else 'GEMM'} ceiling"
             )
-        ax.set_xticks(range(len(bps)), [bp["blueprint"] for bp in bps], rotation=20, ha="right")
+        ax.set_xticks(range(len(bps)), [_label(bp) for bp in bps], rotation=20, ha="right")
         ax.set_ylabel(unit)
         ax.legend(fontsize=8)
     fig.suptitle(f"esperc vs peers — {results.get('meta', {}).get('gpu', '?')}")

@@ -1,6 +1,9 @@
 """The reference blueprints of the benchmark: sizes, work counts, which peers apply, and the
 derived numbers (rate, share of the ceiling, numerics verdict).
 
+A row is one blueprint timed either forward only or as one training step (forward +
+``out.backward(grad)``, ``train=True``: the ``TRAIN_SPECS``, keyed ``NAME.train``).
+
 Pure data and arithmetic (no torch import), so all of it is unit-tested on the CPU. Every
 blueprint has its own copy under ``bench/blueprints/`` so the reference sizes are exact whatever
 ``samples/`` declares (``causal_attention`` has H = 16 heads here, 8 in ``samples/``).
@@ -9,11 +12,11 @@ blueprint has its own copy under ``bench/blueprints/`` so the reference sizes ar
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from esperc.cli_bench import gbps, tflops
+from esperc.cli_bench import gbps, io_bytes, tflops
 
 BLUEPRINTS = Path(__file__).resolve().parent / "blueprints"
 
@@ -44,6 +47,9 @@ class Spec:
         liger: the Liger-Kernel op that computes this blueprint, or "" when Liger has none.
         sdpa: whether ``F.scaled_dot_product_attention`` is a peer.
         tiny_dims: the dims of the host-overhead measurement (smallest useful input).
+        train: a training row: one call is forward + backward (``training`` makes it).
+        target: the issue's goal for this row: (peer, ms measured in the issue or None) pairs
+            esperc must beat; ``target_text`` says it in the issue's words.
     """
 
     name: str
@@ -54,10 +60,24 @@ class Spec:
     liger: str = ""
     sdpa: bool = False
     tiny_dims: Mapping[str, int] = field(default_factory=dict)
+    train: bool = False
+    target: tuple[tuple[str, float | None], ...] = ()
+    target_text: str = ""
 
     @property
     def path(self) -> Path:
         return BLUEPRINTS / f"{self.name}.esp"
+
+    @property
+    def key(self) -> str:
+        """The row's name in files and on the command line: ``NAME`` or ``NAME.train`` (the
+        package is ``KEY.kpkg``, its compile summary ``KEY.json``)."""
+        return f"{self.name}.train" if self.train else self.name
+
+    @property
+    def label(self) -> str:
+        """The row's name in tables and plots: ``NAME`` or ``NAME fwd+bwd``."""
+        return f"{self.name} fwd+bwd" if self.train else self.name
 
     @property
     def unit(self) -> str:
@@ -92,23 +112,70 @@ SPECS: tuple[Spec, ...] = (
 )  # fmt: skip
 BY_NAME: dict[str, Spec] = {s.name: s for s in SPECS}
 
+
+def training(
+    spec: Spec, target: tuple[tuple[str, float | None], ...] = (), target_text: str = ""
+) -> Spec:
+    """The training row of a forward spec: same sizes and peers, ``train=True``, and 3x the
+    forward FLOPs: the backward of each matmul is two matmuls of its size (dX = dY·W and
+    dW = dYᵀ·X); elementwise and norm work is not counted (the convention behind the "6·N FLOPs
+    per token" of Kaplan et al. 2020, Scaling Laws for Neural Language Models, section 2.1)."""
+    return replace(spec, train=True, flops=3 * spec.flops, target=target,
+                   target_text=target_text)  # fmt: skip
+
+
+# Issue 6: fwd+bwd of LayerNorm faster than Liger (0.398 ms on an H200) and Inductor (0.617 ms);
+# of the residual MLP adapter and SwiGLU faster than torch.compile.
+TRAIN_SPECS: tuple[Spec, ...] = (
+    training(BY_NAME["layer_norm"], (("liger", 0.398), ("torch.compile", 0.617)),
+             "Liger 0.398 ms, Inductor 0.617 ms"),
+    training(BY_NAME["residual_mlp"], (("torch.compile", None),), "faster than torch.compile"),
+    training(BY_NAME["swiglu_mlp"], (("torch.compile", None),), "faster than torch.compile"),
+)  # fmt: skip
+BY_KEY: dict[str, Spec] = {s.key: s for s in (*SPECS, *TRAIN_SPECS)}
+
 # Blueprints that get the torch.compile max-autotune peer by default (it takes minutes).
 AUTOTUNE_DEFAULT = ("layer_norm", "swiglu_mlp")
 
 
-def select(only: str | None) -> tuple[Spec, ...]:
-    """The specs named in a comma-separated list (all when None or empty), in table order.
+def select(only: str | None, forward: bool = True, train: bool = True) -> tuple[Spec, ...]:
+    """The rows of the blueprints named in a comma-separated list (all when None or empty):
+    the forward rows (``forward``), then the training rows of those that have one (``train``),
+    each in table order.
 
     Raises:
         KeyError: an unknown name (the message lists the known ones).
     """
-    if not only:
-        return SPECS
-    names = [n.strip() for n in only.split(",") if n.strip()]
+    names = [n.strip() for n in (only or "").split(",") if n.strip()] or list(BY_NAME)
     unknown = [n for n in names if n not in BY_NAME]
     if unknown:
         raise KeyError(f"unknown blueprint(s) {', '.join(unknown)}; known: {', '.join(BY_NAME)}")
-    return tuple(s for s in SPECS if s.name in names)
+    rows = (SPECS if forward else ()) + (TRAIN_SPECS if train else ())
+    return tuple(s for s in rows if s.name in names)
+
+
+def dry_run(spec: Spec) -> Spec:
+    """``spec`` at its tiny dims (at least 3, so batch reductions sum several rows): the sizes of
+    a ``--dry-run`` on the CPU. Its FLOPs are not counted (0): they were the reference size's."""
+    dims = {k: max(3, v) for k, v in spec.tiny_dims.items()}
+    at = ", ".join(f"{k}={v}" for k, v in dims.items())
+    return replace(spec, dims=dims, flops=0, describe=f"{spec.describe}, dry run at {at}")
+
+
+def train_bytes(
+    inputs: Sequence[tuple[Sequence[int], int]],
+    params: Sequence[tuple[Sequence[int], int]],
+    outputs: Sequence[tuple[Sequence[int], int]],
+) -> int:
+    """Fewest bytes one training step moves, (shape, element size) lists as ``io_bytes``.
+
+    Forward: every input and param read once, every output written once. Backward: every
+    output gradient read, every input read again (the activations the gradient formulas need),
+    the gradient of every input and param written once. Params are counted read once: they are
+    small next to the activations for the memory-bound rows. LayerNorm [N, D]: 5·N·D + 4·D
+    elements (x, y, dy, x, dx; w, b, dw, db)."""
+    forward = io_bytes([*inputs, *params], outputs)
+    return forward + io_bytes([*outputs, *inputs], [*inputs, *params])
 
 
 def rate(spec: Spec, nbytes: int, ms: float) -> float:
@@ -150,3 +217,37 @@ def numerics_ok(err: float | None, eager_err: float | None, tol: float = BF16_TO
         return False
     bound = tol if eager_err is None or not math.isfinite(eager_err) else max(tol, 2 * eager_err)
     return err <= bound
+
+
+def all_numerics_ok(errs: Mapping[str, float], eager_errs: Mapping[str, float]) -> bool:
+    """``numerics_ok`` for every checked tensor (the output, and each gradient of a training
+    row), each against eager's error on the same tensor; False when nothing was checked."""
+    return bool(errs) and all(numerics_ok(e, eager_errs.get(k)) for k, e in errs.items())
+
+
+def target_verdict(
+    target: Sequence[tuple[str, float | None]],
+    esperc_ms: float | None,
+    peer_ms: Mapping[str, float],
+) -> str:
+    """Whether esperc met the issue's target: faster than each named peer's number from the
+    issue and than that peer measured in this run. Returns "" (no target), "met",
+    "not met: ..." naming the bars esperc did not beat (or "esperc has no time"), or
+    "unknown: ..." when a target peer without an issue number was not measured."""
+    if not target:
+        return ""
+    if esperc_ms is None:
+        return "not met: esperc has no time"
+    missed, unmeasured = [], []
+    for peer, issue_ms in target:
+        bars = [(f"{peer} {issue_ms:g} ms (issue)", issue_ms)] if issue_ms is not None else []
+        if peer in peer_ms:
+            bars.append((f"{peer} {peer_ms[peer]:.4f} ms (this run)", peer_ms[peer]))
+        elif issue_ms is None:
+            unmeasured.append(peer)
+        missed += [name for name, ms in bars if not esperc_ms < ms]
+    if missed:
+        return "not met: slower than " + ", ".join(missed)
+    if unmeasured:
+        return f"unknown: {', '.join(unmeasured)} not measured"
+    return "met"

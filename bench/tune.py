@@ -7,12 +7,14 @@ OUT/NAME.kpkg --json`` in a child process with a fresh performance database and 
 (cold), then the same command again on the same database (warm: answered from what the first run
 measured). The shapes tuned are the benchmark's reference dims and its host-overhead dims, so the
 tuned package's dispatch table covers both. ``OUT/NAME.json`` is the compile summary the harness
-reads (copied from the untuned package's), ``OUT/tune.json`` the times and the CLI summaries.
+reads (copied from the untuned package's), ``OUT/tune.json`` the times and the CLI summaries
+(rewritten after each blueprint, merged with what an earlier run into OUT recorded).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -64,29 +66,38 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, required=True, help="folder of the tuned packages")
     ap.add_argument("--only", help="comma-separated blueprints (default: all)")
     ap.add_argument("--budget-s", type=float, default=35.0, help="autotune budget per blueprint")
+    ap.add_argument("--state", type=Path, help="keep the perf DB and caches here (default: a "
+                    "temporary folder, removed)")  # fmt: skip
+    ap.add_argument("--train", action="store_true", help="also tune NAME.train.kpkg (forward "
+                    "and backward kernels of the training rows)")  # fmt: skip
     args = ap.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    results: dict[str, Any] = {}
-    with tempfile.TemporaryDirectory(prefix="bench-tune-") as state:
+    summary = args.out / "tune.json"  # merged with an earlier run's, rewritten per blueprint
+    results: dict[str, Any] = json.loads(summary.read_text()) if summary.exists() else {}
+    with contextlib.ExitStack() as stack:
+        state = str(args.state) if args.state else stack.enter_context(
+            tempfile.TemporaryDirectory(prefix="bench-tune-"))  # fmt: skip
         env = child_env(ESPERC_CACHE_DIR=state, XDG_CACHE_HOME=state)
         env.pop("ESPERC_NO_CACHE", None)
-        for spec in select(args.only):
-            src = args.kpkg_dir / f"{spec.name}.kpkg"
-            dst = args.out / f"{spec.name}.kpkg"
+        for spec in select(args.only, train=args.train):
+            src = args.kpkg_dir / f"{spec.key}.kpkg"
+            dst = args.out / f"{spec.key}.kpkg"
             cmd = [sys.executable, "-m", "esperc", "autotune", str(src), *shapes_args(spec),
                    "--budget-s", str(args.budget_s), "-o", str(dst), "--json", "--color", "never"]  # fmt: skip
             row = {"cold": _autotune(cmd, env, args.budget_s * 4 + 120)}
             row["warm"] = _autotune(cmd, env, 120)
-            results[spec.name] = row
-            info = args.kpkg_dir / f"{spec.name}.json"
+            results[spec.key] = row
+            info = args.kpkg_dir / f"{spec.key}.json"
             if info.exists():
-                shutil.copyfile(info, args.out / f"{spec.name}.json")
+                shutil.copyfile(info, args.out / f"{spec.key}.json")
             cold, warm = row["cold"], row["warm"]
-            print(f"{spec.name}: cold {cold.get('wall_s', 0):.1f} s"
+            print(f"{spec.key}: cold {cold.get('wall_s', 0):.1f} s"
                   f"{' ERROR ' + cold['error'] if 'error' in cold else ''}, "
                   f"warm {warm.get('wall_s', 0):.2f} s"
                   f"{' ERROR ' + warm['error'] if 'error' in warm else ''}", flush=True)  # fmt: skip
-    (args.out / "tune.json").write_text(json.dumps(results, indent=1, default=str))
+            tmp = summary.with_suffix(".tmp")
+            tmp.write_text(json.dumps(results, indent=1, default=str))
+            tmp.replace(summary)
     return 0 if all("error" not in r["cold"] for r in results.values()) else 1
 
 

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from test_codegen_ir import CASES, case
 
 from esperc.backend.triton.emitter import generate
-from esperc.backend.triton.launcher import load_module, run_generated
+from esperc.backend.triton.launcher import import_triton_normally, load_module, run_generated
 from esperc.ir.ops import Op
 from esperc.ir.parser import parse_func
 
@@ -25,6 +25,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
 def _interpret(monkeypatch: pytest.MonkeyPatch) -> None:
     """Run kernels in the Triton interpreter (CPU); scoped to each test so that modules compiling
     real cubins in the same worker are not affected. @triton.jit reads it at definition time."""
+    import_triton_normally()  # before the variable: else later compiles in this worker fail
     monkeypatch.setenv("TRITON_INTERPRET", "1")
 
 

@@ -14,7 +14,7 @@ import torch
 from torch_refs import INT_INPUT_BOUNDS, REFS, SMALL_DIMS
 
 from esperc.backend.triton.emitter import generate
-from esperc.backend.triton.launcher import run_generated
+from esperc.backend.triton.launcher import import_triton_normally, run_generated
 from esperc.driver import Options, compile_ir
 from esperc.ir.interpreter import random_inputs
 
@@ -26,6 +26,7 @@ SLOW = {"residual_mlp", "squeeze_excite", "swiglu_mlp"}
 
 @pytest.fixture(autouse=True)
 def _interpret(monkeypatch: pytest.MonkeyPatch) -> None:
+    import_triton_normally()  # before the variable: else later compiles in this worker fail
     monkeypatch.setenv("TRITON_INTERPRET", "1")
 
 

@@ -4,10 +4,8 @@
 Gradients are compared with ``torch.autograd`` on the independent references of
 ``torch_refs.py``; the training check runs the same host model with the esperc module and with
 the reference module from the same initial weights and compares the loss curves.
-The package is built once per module, for sm_90 only, to keep the file near 60 s on 2 cores. The
-bf16 ``layer_norm`` sample (D=4096) is not tested here: its weight-gradient kernels launch one
-program per feature (4,096) and take ~45 s in the interpreter; ``tiny_adapter`` covers the
-layer_norm gradient at D=32.
+The package is built once per module, for sm_90 only. Every other sample's training package is
+checked in ``test_training_samples.py``.
 """
 
 from __future__ import annotations
@@ -25,11 +23,18 @@ from esperc.ir.interpreter import random_inputs
 from esperc.runtime.autograd import backward_artifact
 
 ROOT = Path(__file__).resolve().parents[2]
-# 40 Adam steps (~0.6 s each in the interpreter on 2 cores): 200 would take ~130 s. Longer runs
-# also drift chaotically at tiny losses (Adam divides by sqrt(v) of near-zero gradients), so a
-# curve comparison is only meaningful over the part of training where the loss still falls.
-TRAIN_STEPS = 40
-CURVE_RTOL = 1e-4  # max |ours - ref| / ref over the curve (observed: ~2e-6)
+# 200 SGD-with-momentum steps, ~0.1 s each in the interpreter (batch 32; ~0.2 s on 2 busy
+# cores). SGD, not Adam: Adam divides by sqrt(v) of near-zero gradients, which makes the two
+# runs drift apart once the loss is tiny. The learning rate is half the largest that keeps this
+# run smooth: at 0.012 the loss spikes (edge of stability, near step 180) and the spikes
+# amplify f32 rounding differences into 27% curve differences; at 0.005 the loss falls
+# 12x with no spike.
+TRAIN_STEPS = 200
+LEARNING_RATE = 5e-3
+MOMENTUM = 0.9
+BATCH = 32
+CURVE_RTOL = 1e-4  # max |ours - ref| / ref over all steps (observed: ~7e-7)
+LOSS_DROP = 5.0  # the loss must fall at least this much (observed: 12x)
 
 
 def _build(name: str, out: Path, validate: bool) -> Path:
@@ -90,6 +95,18 @@ def test_adapter_gradients_match_pytorch(adapter, rows: int) -> None:
         assert _rel(got[name], want[name]) < 1e-4, (name, _rel(got[name], want[name]))
 
 
+def test_single_row_with_grad_keeps_its_shape(adapter) -> None:
+    inputs = random_inputs(adapter.func, {"B": 1}, seed=4)
+    with torch.no_grad():
+        plain = adapter(**inputs)
+    assert plain.shape == (1, 32)
+    x = inputs.pop("x").requires_grad_()
+    out = adapter(x, **inputs)
+    assert out.shape == (1, 32), out.shape
+    out.sum().backward()
+    assert x.grad is not None and x.grad.shape == (1, 32)
+
+
 def test_input_without_grad_gets_none_and_skips_its_kernels(adapter) -> None:
     inputs = random_inputs(adapter.func, {"B": 3}, seed=1)
     x = inputs.pop("x")
@@ -147,7 +164,7 @@ class _RefAdapter(torch.nn.Module):
 
 
 def _train(model: torch.nn.Module, data: tuple[torch.Tensor, torch.Tensor]) -> list[float]:
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    opt = torch.optim.SGD(model.parameters(), lr=LEARNING_RATE, momentum=MOMENTUM)
     x, y = data
     losses = []
     for _ in range(TRAIN_STEPS):
@@ -161,8 +178,9 @@ def _train(model: torch.nn.Module, data: tuple[torch.Tensor, torch.Tensor]) -> l
 
 def test_training_loop_matches_pytorch(adapter) -> None:
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(16, 4, generator=g)
+    x = torch.randn(BATCH, 4, generator=g)
     y = torch.sin(x.sum(dim=1, keepdim=True)) + 0.5 * x[:, :1] * x[:, 1:2]
+    y = y + 0.2 * torch.randn(BATCH, 1, generator=g)  # label noise: no exact fit to zero loss
     init = random_inputs(adapter.func, {"B": 1}, seed=7)
     init.pop("x")
     init = {k: v * (0.2 if k.startswith("w") else 1.0) for k, v in init.items()}
@@ -174,4 +192,4 @@ def test_training_loop_matches_pytorch(adapter) -> None:
     assert all(p.grad is not None for p in ours.adapter.parameters())
     worst = max(abs(a - b) / abs(b) for a, b in zip(ours_curve, ref_curve))
     assert worst < CURVE_RTOL, worst
-    assert ours_curve[-1] < 0.5 * ours_curve[0], (ours_curve[0], ours_curve[-1])
+    assert ours_curve[-1] * LOSS_DROP < ours_curve[0], (ours_curve[0], ours_curve[-1])
