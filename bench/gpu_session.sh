@@ -3,6 +3,7 @@
 # logged under $OUT (the device tool brings back at most 8 files, 2 folders deep).
 #
 #   bash bench/gpu_session.sh tests probe tune        # GPU tests, matmul probe, autotune
+#   bash bench/gpu_session.sh profile                 # per-kernel device times (kernel_profile)
 #   bash bench/gpu_session.sh bench                   # the benchmark harness on kpkgs/tuned
 #
 # Environment: TEST_ARGS (pytest selection, default tests/gpu), TUNE_ARGS (bench.tune flags,
@@ -31,6 +32,10 @@ for stage in "$@"; do
     probe)
       timeout 200 python3 -m bench.matmul_probe --out "$OUT/probe.json" >"$OUT/probe.log" 2>&1 \
         || status=1 ;;
+    profile)
+      kp=kpkgs; [ -d tuned ] && kp=tuned
+      timeout 200 python3 -m bench.kernel_profile --kpkg-dir "$kp" --out "$OUT/profile.json" \
+        >"$OUT/profile.log" 2>&1 || status=1 ;;
     tune)
       timeout "${TUNE_TIMEOUT:-420}" python3 -m bench.tune --kpkg-dir kpkgs --out tuned \
         --budget-s "${TUNE_BUDGET:-15}" --state /tmp/tune-state ${TUNE_ARGS:---train} \

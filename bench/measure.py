@@ -260,9 +260,9 @@ def run_peer(
     return row, None
 
 
-def kernel_ms(fn: Callable[[], Any], calls: int = 20) -> float | None:
-    """Device time of the kernels one call launches (CUPTI through torch.profiler), in ms:
-    what the call costs the GPU without host gaps. L2 is warm here (no flush)."""
+def profile_kernels(fn: Callable[[], Any], calls: int = 20) -> list[dict[str, Any]]:
+    """Kernels one ``fn()`` launches (CUPTI through torch.profiler, L2 warm: no flush): name,
+    launches per call, µs of device time per call; largest first."""
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
@@ -272,16 +272,25 @@ def kernel_ms(fn: Callable[[], Any], calls: int = 20) -> float | None:
         for _ in range(calls):
             fn()
         torch.cuda.synchronize()
-    total_us = sum(
-        e.self_device_time_total for e in prof.key_averages() if e.device_type == DeviceType.CUDA
-    )
-    return total_us / calls / 1e3 if total_us else None
+    rows = [
+        {"kernel": e.key[:90], "launches": e.count / calls, "us": e.self_device_time_total / calls}
+        for e in prof.key_averages()
+        if e.device_type == DeviceType.CUDA and e.self_device_time_total > 0
+    ]
+    return sorted(rows, key=lambda r: -r["us"])
+
+
+def kernel_ms(fn: Callable[[], Any], calls: int = 20) -> float | None:
+    """Device time of the kernels one call launches, in ms: what the call costs the GPU without
+    host gaps. L2 is warm here (no flush)."""
+    total_us = sum(r["us"] for r in profile_kernels(fn, calls))
+    return total_us / 1e3 if total_us else None
 
 
 # ------------------------------------------------------------------------------- one blueprint
 
 
-def _inputs(spec: Spec, count: int, seed: int, device: str) -> tuple[Any, list[dict]]:
+def random_sets(spec: Spec, count: int, seed: int, device: str) -> tuple[Any, list[dict]]:
     from esperc.driver import Options, lower
     from esperc.ir.interpreter import random_inputs
 
@@ -308,13 +317,13 @@ def measure_blueprint(
         "build": build, "rows": [],
     }  # fmt: skip
     try:
-        func, sets = _inputs(spec, 1, 0, settings.device)
+        func, sets = random_sets(spec, 1, 0, settings.device)
         in_bytes = io_bytes(tensor_bytes(sets[0].values()), [])
         l2 = torch.cuda.get_device_properties(0).L2_cache_size if settings.device == "cuda" else 0
         extra = input_sets(in_bytes, l2) - 1
         if extra:
-            sets += _inputs(spec, extra, 1, settings.device)[1]
-        work = _workload(spec, func, sets, settings.device)
+            sets += random_sets(spec, extra, 1, settings.device)[1]
+        work = workload(spec, func, sets, settings.device)
         result["bytes"] = _bytes(spec, func)
         result["input_sets"] = len(sets)
     except Exception as e:  # noqa: BLE001 - the blueprint fails, the run goes on
@@ -355,7 +364,7 @@ def measure_blueprint(
     return result
 
 
-def _workload(spec: Spec, func: Any, sets: list[dict[str, torch.Tensor]], device: str) -> Workload:
+def workload(spec: Spec, func: Any, sets: list[dict[str, torch.Tensor]], device: str) -> Workload:
     """The forward or training workload of ``spec`` on ``sets``, with its float64 reference."""
     from bench.peers import REFS
 

@@ -70,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
                     "temporary folder, removed)")  # fmt: skip
     ap.add_argument("--train", action="store_true", help="also tune NAME.train.kpkg (forward "
                     "and backward kernels of the training rows)")  # fmt: skip
+    ap.add_argument("--no-forward", action="store_true", help="only the training packages "
+                    "(with --train)")  # fmt: skip
     args = ap.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     summary = args.out / "tune.json"  # merged with an earlier run's, rewritten per blueprint
@@ -79,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
             tempfile.TemporaryDirectory(prefix="bench-tune-"))  # fmt: skip
         env = child_env(ESPERC_CACHE_DIR=state, XDG_CACHE_HOME=state)
         env.pop("ESPERC_NO_CACHE", None)
-        for spec in select(args.only, train=args.train):
+        for spec in select(args.only, forward=not args.no_forward, train=args.train):
             src = args.kpkg_dir / f"{spec.key}.kpkg"
             dst = args.out / f"{spec.key}.kpkg"
             cmd = [sys.executable, "-m", "esperc", "autotune", str(src), *shapes_args(spec),

@@ -11,7 +11,7 @@ from esperc.backend.triton.aot import CompiledKernel, KernelSpec, compile_kernel
 from esperc.backend.triton.plan import GeneratedModule, KernelLaunch
 from esperc.ir.graph import Func
 from esperc.ir.hashing import canonical_hash
-from esperc.ir.numerics import rel_err, tolerance
+from esperc.ir.numerics import region_tolerances, rel_err, tolerance
 from esperc.ir.printer import format_value, print_func
 from esperc.ir.types import SymDim
 
@@ -87,7 +87,7 @@ def validate_all(func: Func, gen: GeneratedModule, progress: Progress) -> dict[s
     per_kernel: dict[str, dict[str, Any]] = {}
     cases = validation_dims(func)
     types = func.types()
-    loosest = _region_tolerances(func)
+    loosest = region_tolerances(func)
     for ci, dims in enumerate(cases):
         progress(f"validate {dims}", ci, len(cases))
         inputs = random_inputs(func, dims, seed=ci)
@@ -121,20 +121,6 @@ def validate_all(func: Func, gen: GeneratedModule, progress: Progress) -> dict[s
         "shapes": [[f"{k}={v}" for k, v in sorted(d.items())] for d in cases],
         "kernels": per_kernel,
     }
-
-
-def _region_tolerances(func: Func) -> dict[str, float]:
-    """Per region, the bound of its least precise value: kernels keep bf16/f16 intermediates in
-    fp32 (as Inductor does) where the reference rounds them, so an f32 statistic computed from a
-    bf16 value (a LayerNorm mean) is only as close as that value's dtype allows."""
-    types = func.types()
-    out: dict[str, float] = {}
-    for r in func.regions:
-        used = {m for m in r.members} | {
-            o for n in func.body if n.result in set(r.members) for o in n.operands
-        }
-        out[r.name] = max((tolerance(types[v].dtype) for v in used if v in types), default=0.0)
-    return out
 
 
 def _dims_list(shape: Sequence[Any]) -> list[Any]:

@@ -95,7 +95,11 @@ def compile_cmd(
         ),
     ] = Emit.kpkg,
     define: Annotated[
-        list[str] | None, typer.Option("-D", help="Override an attr: -D eps=1e-6 (repeatable).")
+        list[str] | None,
+        typer.Option(
+            "-D",
+            help="Override an attr or resize a static dim: -D eps=1e-6, -D D=512 (repeatable).",
+        ),
     ] = None,
     blueprint: Annotated[
         str | None, typer.Option("--blueprint", help="Which blueprint of the file to compile.")
@@ -227,7 +231,8 @@ def run_cmd(
     ] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the random inputs.")] = 0,
     define: Annotated[
-        list[str] | None, typer.Option("-D", help="Override an attr (for .esp input).")
+        list[str] | None,
+        typer.Option("-D", help="Override an attr or a static dim (for .esp input)."),
     ] = None,
     blueprint: Annotated[
         str | None, typer.Option("--blueprint", help="Which blueprint of the file.")

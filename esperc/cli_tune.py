@@ -159,7 +159,8 @@ def cache_clear(
 def cache_explain(
     file: Annotated[Path, typer.Argument(help="The blueprint source (.esp).", show_default=False)],
     define: Annotated[
-        list[str] | None, typer.Option("-D", help="Override an attr, as for compile.")
+        list[str] | None,
+        typer.Option("-D", help="Override an attr or a static dim, as for compile."),
     ] = None,
     blueprint: Annotated[
         str | None, typer.Option("--blueprint", help="Which blueprint of the file.")

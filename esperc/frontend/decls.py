@@ -1,4 +1,5 @@
-"""Blueprint declarations: dims, attrs (with ``-D`` overrides), inputs, params and requires."""
+"""Blueprint declarations: dims and attrs (both with ``-D`` overrides: an attr's value, a static
+dim's size), inputs, params and requires."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ def declare(ctx: Ctx, scope: Scope, bp: ast.Blueprint, overrides: Mapping[str, s
     Errors go to ``ctx``; a failed declaration binds its name to POISON (or a DimRef for dims).
     """
     attrs: dict[str, ast.AttrDecl] = {}
+    static: set[str] = set()  # static dims, which -D may resize
     for d in bp.body:
         if isinstance(d, ast.Require):
             _guard(ctx, _require, ctx, scope, d)
@@ -45,7 +47,9 @@ def declare(ctx: Ctx, scope: Scope, bp: ast.Blueprint, overrides: Mapping[str, s
         if isinstance(d, ast.DimDecl):
             ctx.decls[d.name] = ("a dim", d.name_span)
             scope[d.name] = DimRef(d.name, d.name_span)
-            _guard(ctx, _dim, ctx, scope, d)
+            if d.value is not None:
+                static.add(d.name)
+            _guard(ctx, _dim, ctx, scope, d, overrides.get(d.name))
         elif isinstance(d, ast.AttrDecl):
             ctx.decls[d.name] = ("an attr", d.name_span)
             attrs[d.name] = d
@@ -56,15 +60,21 @@ def declare(ctx: Ctx, scope: Scope, bp: ast.Blueprint, overrides: Mapping[str, s
             scope[d.name] = POISON
             _guard(ctx, _tensor, ctx, scope, d)
     for name in overrides:
-        if name not in attrs:
+        if name not in attrs and name not in static:
+            known = [*attrs, *sorted(static)]
+            dynamic = name in ctx.dims  # declared, but a dynamic dim: sized at every call
             ctx.report(
                 Diagnostic(
                     Severity.ERROR,
                     "E0108",
-                    f"-D {name}: blueprint '{bp.name}' has no attr '{name}'",
+                    f"-D {name}: '{name}' is a dynamic dim of blueprint '{bp.name}'"
+                    if dynamic
+                    else f"-D {name}: blueprint '{bp.name}' has no attr or static dim '{name}'",
                     None,
-                    tuple(n for n in [did_you_mean(name, attrs)] if n)
-                    or (Note("note", f"its attrs: {', '.join(attrs) or 'none'}"),),
+                    (Note("note", "a dynamic dim takes its size from the inputs at each call"),)
+                    if dynamic
+                    else tuple(n for n in [did_you_mean(name, known)] if n)
+                    or (Note("note", f"its attrs and static dims: {', '.join(known) or 'none'}"),),
                 )
             )
 
@@ -90,11 +100,20 @@ def _static_int(ctx: Ctx, scope: Scope, e: ast.Expr, what: str) -> int:
     return v
 
 
-def _dim(ctx: Ctx, scope: Scope, d: ast.DimDecl) -> None:
+def _dim(ctx: Ctx, scope: Scope, d: ast.DimDecl, override: str | None = None) -> None:
     if d.value is not None:
         v = _static_int(ctx, scope, d.value, f"dim '{d.name}'")
         if v < 1:
             raise fail("E0209", f"dim '{d.name}' = {v} must be positive", d.value.span)
+        if override is not None:  # dims derived from it, and every require, see the new size
+            v = _parse_override(override)
+            if type(v) is not int or not 1 <= v <= MAX_DIM:
+                raise fail(
+                    "E0211",
+                    f"-D {d.name}={override}: a static dim's size is an integer in [1, {MAX_DIM}]",
+                    None,
+                    Note("note", f"dim '{d.name}' is declared here", d.span),
+                )
         ctx.dims[d.name] = v
         return
     lo, hi = 1, MAX_DIM

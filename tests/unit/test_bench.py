@@ -594,7 +594,6 @@ def test_training_target_met_and_numerics_fail() -> None:
 
 
 def test_plot_labels_training_rows(tmp_path, monkeypatch) -> None:  # noqa: ANN001
-    pytest.importorskip("matplotlib")
     labels: list[str] = []
     import matplotlib.axes
 
@@ -671,3 +670,15 @@ def test_skipped_rows_name_the_time_budget_only_where_it_applied() -> None:
     assert skipped_peers(sm, opts)[0].note == "not in --autotune list"
     gone = PeerOptions(False, (), "time budget (50 s left)", ("layer_norm",))
     assert {r.note for r in skipped_peers(sm, gone)} == {"time budget (50 s left)"}
+
+
+def test_kernel_profile_table_gives_each_kernels_share() -> None:
+    from bench.kernel_profile import table
+
+    rows = [
+        {"kernel": "gemm", "launches": 2.0, "us": 30.0},
+        {"kernel": "ln", "launches": 1.0, "us": 10.0},
+    ]
+    text = table("residual_mlp — esperc", rows).splitlines()
+    assert text[0] == "### residual_mlp — esperc: 40.0 µs per step"
+    assert text[4] == "| `gemm` | 2 | 30.0 | 75.0 |" and text[5] == "| `ln` | 1 | 10.0 | 25.0 |"

@@ -25,13 +25,12 @@ mode); ``launcher.interpreter_fixes`` patches round-to-nearest-even in, as a GPU
 Packages are built without cubins (``targets=()``): on a CPU only the packaged Triton source
 runs, and an sm_90 AOT compile costs 0.2-12 s per training package (0.1 s without);
 ``test_training.py`` builds ``tiny_adapter`` for sm_90. Each package is built once per test
-process (~0.5 s). Dims are small, and 2-3 rows for the samples with big static matmuls
-(``SLOW``: run them with ``ESPERC_SLOW_TESTS=1``).
+process (~0.5 s). Dims are small, and the samples with big static matmuls are compiled at a
+smaller width (``WIDTHS``, ``-D D=64``).
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -58,32 +57,29 @@ ROOT = Path(__file__).resolve().parents[2]
 NAMES = sorted(p.stem for p in (ROOT / "samples").glob("*.esp"))
 # Two shapes per sample: SMALL_DIMS and one more (odd and even sizes), except where the
 # interpreter pays per row or per matmul tile: attention launches one softmax program per
-# (batch, head, query) row, squeeze_excite one pooling program per (batch, channel);
-# residual_mlp (D=1024, H=4096) and swiglu_mlp (D=2048, H=5632) take tens of seconds per call
-# whatever the rows (hundreds of programs per weight gradient), so they are ``SLOW``.
+# (batch, head, query) row, squeeze_excite one pooling program per (batch, channel).
 # No leading dim is 1 here: test_training.py's single-row test covers that case.
 DIMS: dict[str, tuple[dict[str, int], dict[str, int]]] = {
     "causal_attention": ({"B": 2, "S": 5}, {"B": 2, "S": 8}),
     "multi_head_attention": ({"B": 2, "S": 7}, {"B": 3, "S": 4}),
-    "residual_mlp": ({"B": 3}, {"B": 2}),
+    "residual_mlp": ({"B": 3}, {"B": 5}),
     "squeeze_excite": ({"B": 2, "H": 5, "W": 7}, {"B": 2, "H": 4, "W": 6}),
-    "swiglu_mlp": ({"T": 3}, {"T": 2}),
+    "swiglu_mlp": ({"T": 3}, {"T": 5}),
 }
-# 4 calls a test (~10-25 s each for residual_mlp, ~35-100 s for swiglu_mlp on 2 busy cores):
-# 4-15 min of CI, so they run only with ESPERC_SLOW_TESTS=1 (skipped with that reason otherwise).
-SLOW = {"residual_mlp", "swiglu_mlp"}
-_RUN_SLOW = os.environ.get("ESPERC_SLOW_TESTS") == "1"
-_SKIP_SLOW = pytest.mark.skipif(
-    not _RUN_SLOW, reason="slow in the interpreter: ESPERC_SLOW_TESTS=1"
-)
+# Static widths resized with -D (both shapes): at their declared widths (D=1024, H=4096;
+# D=2048, H=5632) each weight gradient is hundreds of interpreted matmul programs, 10-100 s a
+# call. The kernels are the same at any width (the sizes are constants in them); the GPU tests
+# (tests/gpu/test_training_gpu.py) run the declared widths.
+WIDTHS: dict[str, dict[str, int]] = {
+    "residual_mlp": {"D": 64},  # H = 4 * D = 256
+    "swiglu_mlp": {"D": 64, "H": 192},
+}
 RATIO = 2  # times PyTorch's own low-precision error (see the module docstring)
 STEPS = 3
 MOMENTUM = 0.5
 STEP_FRACTION = 0.02  # the first step moves the learned tensors by ~2% of their norm
 _DTYPES = {v: k for k, v in TORCH_DTYPES.items()}
-SAMPLE_PARAMS = [
-    pytest.param(n, marks=[pytest.mark.slow, _SKIP_SLOW] if n in SLOW else []) for n in NAMES
-]
+SAMPLE_PARAMS = NAMES
 
 
 def _dims(name: str, shape: int) -> dict[str, int]:
@@ -112,7 +108,7 @@ def package(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str, int], An
         key = (name, bool(attrs))
         if key not in built:
             src = ROOT / "samples" / f"{name}.esp"
-            overrides = {k: _override(v) for k, v in attrs.items()}
+            overrides = {k: _override(v) for k, v in {**attrs, **WIDTHS.get(name, {})}.items()}
             opts = driver.Options(targets=(), validate=False, backward=True, overrides=overrides)
             tf = prepare(driver.lower(src, opts), opts)
             out = root / f"{name}{'-attrs' if attrs else ''}.kpkg"
