@@ -14,11 +14,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from esperc import __version__
-from esperc.ir.graph import Func
-from esperc.ir.hashing import canonical_hash
+
+if TYPE_CHECKING:  # imported where used: a cache hit (package_from_cache) needs no IR
+    from esperc.ir.graph import Func
 
 Progress = Callable[[str, int, int], None]  # (description, done, total)
 
@@ -152,9 +153,15 @@ def build_package(
                         *manifest.get("backward", {}).get("kernels", {}).items()]
     ]  # fmt: skip
     return BuildResult(
-        out, func.name, canonical_hash(func), tuple(opts.targets), kernels, validation,
+        out, func.name, _ir_hash(func), tuple(opts.targets), kernels, validation,
         time.perf_counter() - start, False, timings,
     )  # fmt: skip
+
+
+def _ir_hash(func: Func) -> str:
+    from esperc.ir.hashing import canonical_hash
+
+    return canonical_hash(func)
 
 
 def package_from_cache(cache: Any, source: bytes, opts: Any, out: Path) -> BuildResult | None:

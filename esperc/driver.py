@@ -11,11 +11,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from esperc.diagnostics import DiagnosticError, Loc, error
-from esperc.ir.graph import Func, Module
-from esperc.middle.pass_manager import PassContext, parse_pipeline, run_pipeline
-from esperc.middle.registry import DEFAULT_PIPELINE, load_passes
+from esperc.middle.registry import DEFAULT_PIPELINE
+
+if TYPE_CHECKING:  # the IR and the pass manager load when first used (the CLI's fast path
+    # answers a cache hit with Options, read_source and parse_targets only)
+    from esperc.ir.graph import Func, Module
+    from esperc.middle.pass_manager import PassContext
 
 MAX_SOURCE_BYTES = 8 << 20
 
@@ -86,6 +90,9 @@ def optimize(func: Func, pipeline: str, ctx: PassContext) -> Func:
         DiagnosticError: E0603 for a bad pipeline; pass diagnostics such as E0301.
         PassCrash: a pass crashed (internal error naming the pass).
     """
+    from esperc.middle.pass_manager import parse_pipeline, run_pipeline
+    from esperc.middle.registry import load_passes
+
     passes = parse_pipeline(pipeline, load_passes()) if pipeline.strip() else []
     if ctx.target and ctx.target not in _known_targets():
         raise error("E0401", f"unknown target '{ctx.target}'", None)
@@ -120,6 +127,8 @@ def parse_targets(text: str, local_arch: str | None) -> tuple[str, ...]:
 
 def compile_ir(path: str | Path, opts: Options) -> tuple[Func, PassContext]:
     """Source to optimised IR with kernel regions (the middle end's output)."""
+    from esperc.middle.pass_manager import PassContext
+
     func = lower(path, opts)
     ctx = PassContext(
         target=opts.targets[0] if opts.targets else "sm_90",
