@@ -231,7 +231,8 @@ def target_verdict(
     peer_ms: Mapping[str, float],
 ) -> str:
     """Whether esperc met the issue's target: faster than each named peer's number from the
-    issue and than that peer measured in this run. Returns "" (no target), "met",
+    issue and than that peer measured in this run. Returns "" (no target), "met" ("met (PEER
+    MS is faster)" when a peer outside the target beat esperc in this run),
     "not met: ..." naming the bars esperc did not beat (or "esperc has no time"), or
     "unknown: ..." when a target peer without an issue number was not measured."""
     if not target:
@@ -250,4 +251,5 @@ def target_verdict(
         return "not met: slower than " + ", ".join(missed)
     if unmeasured:
         return f"unknown: {', '.join(unmeasured)} not measured"
-    return "met"
+    faster = sorted((ms, p) for p, ms in peer_ms.items() if ms < esperc_ms)
+    return f"met ({faster[0][1]} {faster[0][0]:.4f} ms is faster)" if faster else "met"

@@ -99,17 +99,19 @@ def build_package(
         progress: called as stages advance.
         cache: a ``KernelCache`` (or None): a hit copies the stored package to ``out``.
         training: a ``build_backward.TrainingFuncs`` (``--backward``): ``func`` is then its
-            extended forward, and the package gets a ``[backward]`` part. Not cached yet.
+            extended forward, and the package gets a ``[backward]`` part (``opts.backward``
+            is then True: the cache key tells the two kinds of package apart).
 
     Raises:
         AotCompileError: Triton failed to compile a generated kernel (an esperc bug).
+        ValueError: ``training`` given with ``opts.backward`` False.
     """
     start = time.perf_counter()
     report = progress or (lambda *_: None)
     source = Path(source_path).read_bytes()
     key = None
-    if training is not None:
-        cache = None  # the cache key does not cover the backward part yet
+    if training is not None and not getattr(opts, "backward", False):
+        raise ValueError("a training package needs opts.backward=True (it is in the cache key)")
     if cache is not None:
         from esperc.cache import CacheKey
 
@@ -146,14 +148,8 @@ def build_package(
     _write_bytes_atomic(out, blob)
     if cache is not None and key is not None:
         cache.put(key, blob, {"blueprint": func.name, "source": str(source_path)})
-    kernels = [
-        {"name": name, "region": k["region"], "kind": k["kind"],
-         "validation": k.get("validation", {}).get("status", "skipped")}
-        for name, k in [*manifest["kernels"].items(),
-                        *manifest.get("backward", {}).get("kernels", {}).items()]
-    ]  # fmt: skip
     return BuildResult(
-        out, func.name, _ir_hash(func), tuple(opts.targets), kernels, validation,
+        out, func.name, _ir_hash(func), tuple(opts.targets), _kernel_rows(manifest), validation,
         time.perf_counter() - start, False, timings,
     )  # fmt: skip
 
@@ -186,12 +182,17 @@ def _result_from_package(path: Path, seconds: float) -> BuildResult:
     from esperc.kpkg import read_kpkg
 
     m = read_kpkg(path).manifest
-    kernels = [
-        {"name": n, "region": k["region"], "kind": k["kind"],
-         "validation": k.get("validation", {}).get("status", "skipped")}
-        for n, k in m.get("kernels", {}).items()
-    ]  # fmt: skip
     return BuildResult(
         path, m["blueprint"]["name"], m["blueprint"]["ir_hash"], tuple(m.get("targets", [])),
-        kernels, m.get("validation", {}), seconds, True,
+        _kernel_rows(m), m.get("validation", {}), seconds, True,
     )  # fmt: skip
+
+
+def _kernel_rows(manifest: dict[str, Any]) -> list[dict[str, str]]:
+    """One summary row per kernel of a manifest, forward then backward (a training package)."""
+    return [
+        {"name": name, "region": k["region"], "kind": k["kind"],
+         "validation": k.get("validation", {}).get("status", "skipped")}
+        for name, k in [*manifest.get("kernels", {}).items(),
+                        *manifest.get("backward", {}).get("kernels", {}).items()]
+    ]  # fmt: skip

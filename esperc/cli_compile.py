@@ -92,7 +92,7 @@ def run_compile(
     opts.targets = resolve_targets(target)
     if pipeline is not None:
         opts.pipeline = pipeline
-    if emit == "kpkg" and not opts.backward and _cached_package(ui, file, output, opts):
+    if emit == "kpkg" and _cached_package(ui, file, output, opts):
         return
     opts.explain_fusion = explain_fusion
     hook, _ = _after_pass_hook(ui, print_ir_after, dump_dir, print_loc)

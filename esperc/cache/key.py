@@ -19,7 +19,7 @@ from typing import Any, Protocol
 __all__ = ["KEY_SCHEMA", "CacheKey", "CompileOptions", "installed_versions"]
 
 # Bumped when the meaning of a field changes, so that old entries stop matching.
-KEY_SCHEMA = 1
+KEY_SCHEMA = 2  # 2: `backward` (training packages are cached too)
 
 
 class CompileOptions(Protocol):
@@ -30,6 +30,7 @@ class CompileOptions(Protocol):
     pipeline: str
     targets: tuple[str, ...]
     validate: bool
+    backward: bool  # a training package: forward and backward kernels
 
 
 @lru_cache(maxsize=1)
@@ -105,6 +106,7 @@ class CacheKey:
         torch_version: The installed PyTorch's version.
         format_version: The .kpkg format version written.
         extra: Further (name, value) inputs a later stage adds (e.g. an autotune budget).
+        backward: Whether the package holds the backward kernels too (``--backward``).
     """
 
     source_sha256: str
@@ -118,6 +120,7 @@ class CacheKey:
     torch_version: str
     format_version: int
     extra: tuple[tuple[str, str], ...] = ()
+    backward: bool = False
 
     @classmethod
     def build(
@@ -151,6 +154,7 @@ class CacheKey:
             torch_version=v["torch"],
             format_version=FORMAT_VERSION,
             extra=tuple(sorted((extra or {}).items())),
+            backward=bool(getattr(opts, "backward", False)),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -172,7 +176,8 @@ class CacheKey:
         Raises:
             KeyError, TypeError, ValueError: ``data`` is not a key's dict.
         """
-        kwargs = {f.name: data[f.name] for f in fields(cls) if f.name != "extra"}
+        kwargs = {f.name: data[f.name] for f in fields(cls) if f.name not in ("extra", "backward")}
+        kwargs["backward"] = bool(data.get("backward", False))
         kwargs["overrides"] = tuple(sorted(dict(kwargs["overrides"]).items()))
         kwargs["targets"] = tuple(kwargs["targets"])
         extra = tuple(sorted(dict(data.get("extra", {})).items()))

@@ -256,6 +256,8 @@ def test_target_verdict() -> None:
     assert v.startswith("not met") and "liger 0.398 ms (issue)" in v and "0.617" not in v
     mlp = (("torch.compile", None),)
     assert specs.target_verdict(mlp, 0.5, {"torch.compile": 0.6}) == "met"
+    v = specs.target_verdict(mlp, 1.18, {"torch.compile": 1.29, "eager": 0.84, "liger": 0.9})
+    assert v == "met (eager 0.8400 ms is faster)"  # the target peer beaten, another one not
     assert specs.target_verdict(mlp, 0.5, {"eager": 0.6}).startswith("unknown")
     assert specs.target_verdict(mlp, None, {"torch.compile": 0.6}).startswith("not met")
 

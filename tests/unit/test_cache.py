@@ -57,7 +57,7 @@ def test_key_digest_is_stable_and_covers_every_field() -> None:
     variants = [
         _key(SOURCE + b" "), _key(blueprint="other"), _key(overrides={"eps": "1e-6"}),
         _key(pipeline="dce"), _key(targets=("sm_90", "sm_80")), _key(targets=("sm_80",)),
-        _key(validate=False), _key(versions={"triton": "3.8.0"}), _key(versions={"torch": "2.12"}),
+        _key(validate=False), _key(backward=True), _key(versions={"triton": "3.8.0"}), _key(versions={"torch": "2.12"}),
         _key(versions={"esperc": "0.2.0"}), dataclasses.replace(base, format_version=FORMAT_VERSION + 1),
         CacheKey.build(SOURCE, driver.Options(blueprint="tiny", overrides={"eps": "1e-5"},
                        pipeline="dce,fuse"), versions=VERSIONS, extra={"budget": "60"}),
@@ -414,3 +414,31 @@ def test_the_gpu_probe_is_none_without_libcuda(monkeypatch: pytest.MonkeyPatch) 
         assert resolve_targets("auto") == ("sm_90",) and resolve_targets(" sm_80 ") == ("sm_80",)
     finally:
         cuda_driver.driver.cache_clear()
+
+
+def test_a_training_build_is_cached_apart_from_the_forward_one(tmp_path: Path) -> None:
+    from esperc import build
+    from esperc.build_backward import prepare
+
+    src = tmp_path / "ln.esp"
+    src.write_text(
+        "blueprint ln {\n  dim N in [1, 64]\n  input x: f32[N, 8]\n  param g: f32[8]\n"
+        "  param b: f32[8]\n  return layer_norm(x, g, b)\n}\n"
+    )
+    cache = KernelCache(tmp_path / "cache")
+    fwd = driver.Options(targets=(), validate=False)
+    func, _ = driver.compile_ir(src, fwd)
+    first = build.build_package(src, func, fwd, tmp_path / "f.kpkg", cache=cache)
+    train = driver.Options(targets=(), validate=False, backward=True)
+    tf = prepare(driver.lower(src, train), train)
+    made = build.build_package(
+        src, tf.forward, train, tmp_path / "t.kpkg", cache=cache, training=tf
+    )
+    assert not first.cache_hit and not made.cache_hit  # the forward entry is not the training one
+    again = build.build_package(src, tf.forward, train, tmp_path / "t2.kpkg", cache=cache,
+                                training=tf)  # fmt: skip
+    assert again.cache_hit and len(again.kernels) == len(made.kernels) > len(first.kernels)
+    assert (tmp_path / "t2.kpkg").read_bytes() == (tmp_path / "t.kpkg").read_bytes()
+    assert "backward" in read_kpkg(tmp_path / "t2.kpkg").manifest
+    with pytest.raises(ValueError, match="opts.backward"):
+        build.build_package(src, tf.forward, fwd, tmp_path / "x.kpkg", cache=cache, training=tf)
