@@ -1,9 +1,10 @@
 """The backward part of a training package (``esperc compile --backward``).
 
-    lowered func -> differentiate -> (extended forward, backward) -> default pipeline on both -> the forward goes through ``build_package`` as usual; the
-    backward is generated, compiled per target and validated here -> ``[backward]`` manifest
-    table + members ``backward.eir``, ``backward_plan.json``, ``kernels/backward_module.py``
-    and the backward cubins.
+    lowered func -> differentiate -> (extended forward, backward) -> default pipeline on both
+    -> the forward goes through ``build_package`` as usual; the backward is generated,
+    compiled per target and validated here -> ``[backward]`` manifest table + members
+    ``backward.eir``, ``backward_plan.json``, ``kernels/backward_module.py`` and the backward
+    cubins.
 
 The extended forward returns the original results followed by the saved values; the manifest's
 ``outputs`` lists only the original results, ``[backward].saved`` the rest (docs/autodiff.md,

@@ -70,9 +70,10 @@ def validate_all(func: Func, gen: GeneratedModule, progress: Progress) -> dict[s
     """Run every kernel in Triton's interpreter and compare each output with the eager reference.
 
     Each kernel is checked alone: its inputs are the reference values (not the outputs of the
-    kernels before it), so an f32 statistic computed from a bf16 intermediate is held to the f32
-    bound. A column reduction's partials are checked through its finishing kernel, which reads
-    the partials the region's kernel just wrote.
+    kernels before it), so errors do not compound along the plan. Each output is held to the
+    bound of its region's least precise value (``numerics.region_tolerances``: an f32 statistic
+    of a bf16 value is only as close as bf16 allows). A column reduction's partials are checked
+    through its finishing kernel, which reads the partials the region's kernel just wrote.
 
     Returns the manifest's ``validation`` table: overall ``status``, the shapes tried and, per
     kernel, ``status``/``rel_err``/``tolerance`` (kept under ``kernels``).

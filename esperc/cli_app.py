@@ -14,6 +14,18 @@ import typer
 
 from esperc import __version__
 from esperc.cli_io import UI, ColorMode
+from esperc.cli_options import (
+    BlueprintOpt,
+    ColorOpt,
+    DefineOpt,
+    DumpDirOpt,
+    ExplainFusionOpt,
+    JsonOpt,
+    PrintIrAfterOpt,
+    PrintLocOpt,
+    TimePassesOpt,
+    parse_defines,
+)
 
 app = typer.Typer(
     name="esperc",
@@ -24,16 +36,6 @@ app = typer.Typer(
     rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-
-ColorOpt = Annotated[
-    ColorMode,
-    typer.Option(
-        "--color", help="Colour diagnostics: auto (a terminal and no NO_COLOR), always, never."
-    ),
-]
-JsonOpt = Annotated[
-    bool, typer.Option("--json", help="Machine-readable output and diagnostics (JSON).")
-]
 
 
 class Emit(str, Enum):
@@ -68,16 +70,6 @@ def _root(
     """
 
 
-def _overrides(defines: list[str] | None) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for d in defines or []:
-        key, eq, value = d.partition("=")
-        if not eq or not key.strip():
-            raise typer.BadParameter(f"expected NAME=VALUE, got {d!r}", param_hint="-D")
-        out[key.strip()] = value.strip()
-    return out
-
-
 @app.command("compile")
 def compile_cmd(
     file: Annotated[Path, typer.Argument(help="The blueprint source (.esp).", show_default=False)],
@@ -94,16 +86,8 @@ def compile_cmd(
             help="Stop after a stage and print it: ast, ir, opt-ir, backward-ir, triton or kpkg.",
         ),
     ] = Emit.kpkg,
-    define: Annotated[
-        list[str] | None,
-        typer.Option(
-            "-D",
-            help="Override an attr or resize a static dim: -D eps=1e-6, -D D=512 (repeatable).",
-        ),
-    ] = None,
-    blueprint: Annotated[
-        str | None, typer.Option("--blueprint", help="Which blueprint of the file to compile.")
-    ] = None,
+    define: DefineOpt = None,
+    blueprint: BlueprintOpt = None,
     target: Annotated[
         str,
         typer.Option(
@@ -118,25 +102,11 @@ def compile_cmd(
             help="Pass pipeline (default: the standard one; see `esperc passes`).",
         ),
     ] = None,
-    print_ir_after: Annotated[
-        str | None,
-        typer.Option(
-            "--print-ir-after", help="Print the IR after pass NAME, or after all passes, to stderr."
-        ),
-    ] = None,
-    time_passes: Annotated[
-        bool, typer.Option("--time-passes", help="Print the time each pass took.")
-    ] = False,
-    dump_dir: Annotated[
-        Path | None,
-        typer.Option("--dump-dir", help="Write the IR after every pass into this folder."),
-    ] = None,
-    explain_fusion: Annotated[
-        bool, typer.Option("--explain-fusion", help="Explain each kernel-region boundary.")
-    ] = False,
-    print_loc: Annotated[
-        bool, typer.Option("--print-loc", help="Print source locations in IR output.")
-    ] = False,
+    print_ir_after: PrintIrAfterOpt = None,
+    time_passes: TimePassesOpt = False,
+    dump_dir: DumpDirOpt = None,
+    explain_fusion: ExplainFusionOpt = False,
+    print_loc: PrintLocOpt = False,
     no_validate: Annotated[
         bool,
         typer.Option("--no-validate", help="Skip running each kernel against the eager reference."),
@@ -156,7 +126,7 @@ def compile_cmd(
     ui = UI.make(color, json_)
     with ui.guard():
         run_compile(
-            ui, file, output, emit.value, _overrides(define), blueprint, target, pipeline,
+            ui, file, output, emit.value, parse_defines(define), blueprint, target, pipeline,
             print_ir_after, time_passes, dump_dir, explain_fusion, print_loc, not no_validate,
             backward,
         )  # fmt: skip
@@ -181,24 +151,14 @@ def opt_cmd(
     target: Annotated[
         str, typer.Option("--target", help="Target the analyses plan for.")
     ] = "sm_90",
-    print_ir_after: Annotated[
-        str | None,
-        typer.Option("--print-ir-after", help="Print the IR after pass NAME, or all, to stderr."),
-    ] = None,
-    time_passes: Annotated[
-        bool, typer.Option("--time-passes", help="Print the time each pass took.")
-    ] = False,
-    dump_dir: Annotated[
-        Path | None,
-        typer.Option("--dump-dir", help="Write the IR after every pass into this folder."),
-    ] = None,
+    print_ir_after: PrintIrAfterOpt = None,
+    time_passes: TimePassesOpt = False,
+    dump_dir: DumpDirOpt = None,
     no_verify: Annotated[
         bool, typer.Option("--no-verify", help="Do not run the verifier after every pass.")
     ] = False,
-    explain_fusion: Annotated[
-        bool, typer.Option("--explain-fusion", help="Print the fusion remarks to stderr.")
-    ] = False,
-    print_loc: Annotated[bool, typer.Option("--print-loc", help="Print source locations.")] = False,
+    explain_fusion: ExplainFusionOpt = False,
+    print_loc: PrintLocOpt = False,
     color: ColorOpt = ColorMode.auto,
     json_: JsonOpt = False,
 ) -> None:
@@ -230,13 +190,8 @@ def run_cmd(
         typer.Option("--dim", help="Value of a dynamic dim: --dim B=4 (repeatable)."),
     ] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the random inputs.")] = 0,
-    define: Annotated[
-        list[str] | None,
-        typer.Option("-D", help="Override an attr or a static dim (for .esp input)."),
-    ] = None,
-    blueprint: Annotated[
-        str | None, typer.Option("--blueprint", help="Which blueprint of the file.")
-    ] = None,
+    define: DefineOpt = None,
+    blueprint: BlueprintOpt = None,
     color: ColorOpt = ColorMode.auto,
     json_: JsonOpt = False,
 ) -> None:
@@ -245,7 +200,9 @@ def run_cmd(
 
     ui = UI.make(color, json_)
     with ui.guard():
-        run_run(ui, file, eager, inputs, _overrides(dims), seed, _overrides(define), blueprint)
+        run_run(
+            ui, file, eager, inputs, parse_defines(dims), seed, parse_defines(define), blueprint
+        )
 
 
 @app.command("passes")

@@ -125,7 +125,7 @@ def run_autotune(
 ) -> None:  # fmt: skip
     """The command's body (user errors raise DiagnosticError / BadParameter / exit 1)."""
     from esperc import driver
-    from esperc.cli_app import _overrides
+    from esperc.cli_options import parse_defines
     from esperc.paths import state_paths
     from esperc.tune import PerfDB
     from esperc.tune.measure import gpu_identity
@@ -133,7 +133,7 @@ def run_autotune(
 
     gpu = gpu_identity()
     (arch,) = driver.parse_targets(target or (gpu.arch if gpu else "sm_90"), None)[:1]
-    overrides = _overrides(define)
+    overrides = parse_defines(define)
     training = None
     if file.suffix == ".kpkg":
         func, source, overrides, training = load_package_input(file)

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from esperc.cli_io import UI, ColorMode
+from esperc.cli_options import ColorOpt, JsonOpt
 
 if TYPE_CHECKING:
     import torch
@@ -358,10 +359,8 @@ def bench_cmd(
     no_flush: Annotated[
         bool, typer.Option("--no-flush", help="Keep L2 warm between calls (no 256 MiB write).")
     ] = False,
-    color: Annotated[ColorMode, typer.Option("--color", help="auto, always, never.")] = (
-        ColorMode.auto
-    ),
-    json_: Annotated[bool, typer.Option("--json", help="Machine-readable output (JSON).")] = False,
+    color: ColorOpt = ColorMode.auto,
+    json_: JsonOpt = False,
 ) -> None:
     """Time a package on the local GPU against eager PyTorch (median/p95 ms, GB/s, rel err)."""
     ui = UI.make(color, json_)

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from esperc.cli_io import UI, ColorMode
+from esperc.cli_options import ColorOpt
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -32,9 +33,7 @@ def register(app: typer.Typer) -> None:
             bool,
             typer.Option("--verify", help="Check every checksum; non-zero exit on any mismatch."),
         ] = False,
-        color: Annotated[
-            ColorMode, typer.Option("--color", help="auto, always or never.")
-        ] = ColorMode.auto,
+        color: ColorOpt = ColorMode.auto,
     ) -> None:
         """Summarise a .kpkg: blueprint, signature, guards, targets, kernels, validation, perf."""
         ui = UI.make(color, json_)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 import typer
 
 from esperc.cli_io import UI, ColorMode
+from esperc.cli_options import BlueprintOpt, ColorOpt, DefineOpt, JsonOpt, parse_defines
 
 if TYPE_CHECKING:
     from esperc.cache import CacheKey, KernelCache
@@ -33,9 +34,6 @@ _SUB = {
 }
 cache_app = typer.Typer(name="cache", help="Inspect or clear the kernel cache.", **_SUB)
 perfdb_app = typer.Typer(name="perfdb", help="Inspect the autotuning performance database.", **_SUB)
-
-ColorOpt = Annotated[ColorMode, typer.Option("--color", help="Colour: auto, always, never.")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output (JSON).")]
 
 
 def register(app: typer.Typer) -> None:
@@ -158,13 +156,8 @@ def cache_clear(
 @cache_app.command("explain")
 def cache_explain(
     file: Annotated[Path, typer.Argument(help="The blueprint source (.esp).", show_default=False)],
-    define: Annotated[
-        list[str] | None,
-        typer.Option("-D", help="Override an attr or a static dim, as for compile."),
-    ] = None,
-    blueprint: Annotated[
-        str | None, typer.Option("--blueprint", help="Which blueprint of the file.")
-    ] = None,
+    define: DefineOpt = None,
+    blueprint: BlueprintOpt = None,
     target: Annotated[str, typer.Option("--target", help="GPU targets, as for compile.")] = "auto",
     pipeline: Annotated[
         str | None, typer.Option("-p", "--pipeline", help="Pass pipeline, as for compile.")
@@ -177,11 +170,10 @@ def cache_explain(
     ui = _start(color, json_)
     with ui.guard():
         from esperc import driver
-        from esperc.cli_app import _overrides
         from esperc.cli_fast import resolve_targets
 
         ui.add_source(file)
-        opts = driver.Options(blueprint=blueprint, overrides=_overrides(define),
+        opts = driver.Options(blueprint=blueprint, overrides=parse_defines(define),
                               validate=not no_validate)  # fmt: skip
         opts.targets = resolve_targets(target)  # as compile resolves them
         if pipeline is not None:
@@ -332,10 +324,8 @@ def _register_autotune(app: typer.Typer) -> None:
         output: Annotated[
             Path | None, typer.Option("-o", "--output", help="The package (default FILE.kpkg).")
         ] = None,
-        define: Annotated[list[str] | None, typer.Option("-D", help="As for compile.")] = None,
-        blueprint: Annotated[
-            str | None, typer.Option("--blueprint", help="Which blueprint of the file.")
-        ] = None,
+        define: DefineOpt = None,
+        blueprint: BlueprintOpt = None,
         seed: Annotated[int, typer.Option("--seed", help="Seed of the random inputs.")] = 0,
         timeout_s: Annotated[
             float, typer.Option("--timeout-s", help="Per-candidate time limit, seconds.")

@@ -173,7 +173,9 @@ def _kernel_op(
     from esperc.backend.triton.launcher import TORCH_DTYPE
     from esperc.ir.types import DType
 
-    allocs = [(a.value, tuple(env[a.value].shape), TORCH_DTYPE[DType(a.dtype)]) for a in step.allocs]
+    allocs = [
+        (a.value, tuple(env[a.value].shape), TORCH_DTYPE[DType(a.dtype)]) for a in step.allocs
+    ]
     sources: list[tuple[str, Callable[[dict], torch.Tensor] | None]] = []
     for spec, passed in zip(step.args, args, strict=True):
         if not isinstance(spec, TensorArg):

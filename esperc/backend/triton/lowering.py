@@ -54,6 +54,26 @@ class Reduction:
     identity: float
 
 
+REDUCE_FN = {"sum": "tl.sum", "max": "tl.max", "min": "tl.min"}  # a tile along one axis
+_COMBINE = {"sum": "{a} + {b}", "max": "tl.maximum({a}, {b})", "min": "tl.minimum({a}, {b})"}
+
+
+def combine_expr(combine: str, a: str, b: str) -> str:
+    """Triton text combining two partial results of a ``combine`` reduction."""
+    return _COMBINE[combine].format(a=a, b=b)
+
+
+def identity_text(combine: str, dtype: DType) -> str:
+    """Triton text of a reduction's masked-out value in ``dtype``: 0, -inf/+inf (integers:
+    their type's extremes)."""
+    if combine == "sum":
+        return "0.0" if dtype.is_float else "0"
+    if dtype.is_float:
+        return 'float("-inf")' if combine == "max" else 'float("inf")'
+    bits = 63 if dtype is DType.I64 else 31
+    return str(-(2**bits)) if combine == "max" else str(2**bits - 1)
+
+
 @dataclass(frozen=True, slots=True)
 class Composite:
     expand: Callable[[Node, dict[str, TensorType]], list[Node]]

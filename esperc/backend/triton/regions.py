@@ -72,11 +72,17 @@ def analyze(func: Func, region: Region, kernel: str) -> RegionInfo:
     return RegionInfo(func, region, kernel, nodes, inputs, outputs, consts, func.types(), his, kind)
 
 
+def column_reductions(region: Region) -> set[str]:
+    """The results of the region's column reductions (its ``colsum`` attribute, set by the
+    ``fuse`` pass; ``kernels/colsum.py``)."""
+    return set(filter(None, str(region.attr("colsum") or "").split(",")))
+
+
 def region_kind(region: Region, nodes: list[Node]) -> str:
     """The region's ``kind`` attribute, checked against its members (derived when missing or
     inconsistent): attention (two products around a softmax), matmul, reduction, view,
     pointwise."""
-    columns = set(str(region.attr("colsum") or "").split(","))  # column reductions: an epilogue
+    columns = column_reductions(region)  # column reductions: an epilogue
     ops = {n.op for n in nodes if n.result not in columns}
     products = sum(1 for n in nodes if n.op in CONTRACTIONS)
     if products >= 2 and ops & {Op.SOFTMAX, Op.REDUCE_MAX}:

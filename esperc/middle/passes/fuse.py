@@ -189,12 +189,12 @@ def _finish(part: Partition, g: Group) -> None:
     elif g.kind == "pointwise":
         space = shape_str(g.space) if g.space else "[]"
         g.reasons = [f"pointwise chain of {len(nodes) - len(cols)} ops over {space}"]
+    elif g.kind == "view":
+        g.reasons = ["data movement: " + ", ".join(dict.fromkeys(n.op.value for n in nodes))]
     if cols:
         g.reasons.append(
             f"{len(cols)} column reduction(s) over the rows, finished by a second kernel"
         )
-    elif g.kind == "view":
-        g.reasons = ["data movement: " + ", ".join(dict.fromkeys(n.op.value for n in nodes))]
 
 
 def _explain(

@@ -9,17 +9,16 @@ from typing import Any
 from esperc.ir.graph import Func, Node, make_attrs
 from esperc.ir.ops import REDUCTIONS, Op, infer_type
 from esperc.ir.types import SymDim, TensorType, normalize_axis
+from esperc.middle.fusion_rules import column_axes
 from esperc.middle.pass_manager import FunctionPass, PassContext
 from esperc.middle.registry import register
 
 
-def in_place(axes: tuple[int, ...], rank: int) -> bool:
-    """Whether a reduction over ``axes`` (normalised, sorted) of a rank-``rank`` tensor has a
-    template of its own: trailing axes (a row reduction) or a leading prefix that keeps an axis
+def in_place(n: Node, axes: tuple[int, ...], rank: int) -> bool:
+    """Whether reduction ``n`` over ``axes`` (normalised, sorted) of a rank-``rank`` tensor has
+    a template of its own: trailing axes (a row reduction) or a leading prefix that keeps an axis
     (a column reduction, ``fusion_rules.column_axes``)."""
-    trailing = axes == tuple(range(rank - len(axes), rank))
-    leading = axes == tuple(range(len(axes))) and len(axes) < rank
-    return trailing or leading
+    return axes == tuple(range(rank - len(axes), rank)) or column_axes(n, rank) is not None
 
 
 @register
@@ -47,7 +46,7 @@ class ReduceLast(FunctionPass):
                 continue
             t = types[n.operands[0]]
             axes = tuple(sorted(normalize_axis(a, t.rank) for a in n.attr("axis")))  # type: ignore[union-attr]
-            if in_place(axes, t.rank):
+            if in_place(n, axes, t.rank):
                 body.append(n)
                 continue
             ctx.stat("reductions-moved")

@@ -21,7 +21,7 @@ of the kernel fits one plan and one finishing kernel):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from esperc.backend.triton.common import (
     STORE_DTYPE,
@@ -33,9 +33,15 @@ from esperc.backend.triton.common import (
 )
 from esperc.backend.triton.configs import make_config
 from esperc.backend.triton.kernels.assemble import Emitted, finish
-from esperc.backend.triton.lowering import LOWERING, Reduction
+from esperc.backend.triton.lowering import (
+    LOWERING,
+    REDUCE_FN,
+    Reduction,
+    combine_expr,
+    identity_text,
+)
 from esperc.backend.triton.plan import Alloc, DimArg
-from esperc.backend.triton.regions import Params, RegionInfo, output_view
+from esperc.backend.triton.regions import Params, RegionInfo, column_reductions, output_view
 from esperc.backend.triton.tiles import Cls, TileEmitter
 from esperc.ir.graph import Node
 from esperc.ir.ops import Op
@@ -44,13 +50,11 @@ from esperc.ir.types import Dim, DType, TensorType
 ROW_UNIT = 16  # rows per partial row at least (the matmul's slice height)
 MAX_PARTS = 256  # most partial rows of a looping kernel: ~2 programs per SM of an H100/H200
 FULL = Cls(True, True)
-_FN = {"sum": "tl.sum", "max": "tl.max", "min": "tl.min"}
-_COMBINE = {"sum": "{a} + {b}", "max": "tl.maximum({a}, {b})", "min": "tl.minimum({a}, {b})"}
 
 
 def column_nodes(info: RegionInfo) -> list[Node]:
     """The region's column reductions (its ``colsum`` attribute), in body order."""
-    names = set(filter(None, str(info.region.attr("colsum") or "").split(",")))
+    names = column_reductions(info.region)
     return [n for n in info.nodes if n.result in names]
 
 
@@ -69,13 +73,9 @@ def slice_parts(rows: Dim) -> str:
     return f"(({rows}) + {ROW_UNIT - 1}) // {ROW_UNIT}"
 
 
-def identity(combine: str, dtype: DType) -> str:
-    """The value a masked-out element contributes: 0, -inf/+inf (integers: their extremes)."""
-    if combine == "sum":
-        return "0.0" if dtype.is_float else "0"
-    if dtype.is_float:
-        return 'float("-inf")' if combine == "max" else 'float("inf")'
-    return str(-(2**63)) if combine == "max" else str(2**63 - 1)
+def acc_dtype(node: Node) -> DType:
+    """The partials' dtype of a column reduction: f32 for floats, i64 for integers."""
+    return DType.F32 if node.type.dtype.is_float else DType.I64
 
 
 @dataclass(frozen=True)
@@ -91,11 +91,11 @@ class ColumnSum:
 
     @property
     def acc_dtype(self) -> DType:
-        return DType.F32 if self.node.type.dtype.is_float else DType.I64
+        return acc_dtype(self.node)
 
     @property
     def ident(self) -> str:
-        return identity(self.combine, self.acc_dtype)
+        return identity_text(self.combine, self.acc_dtype)
 
 
 class Partials:
@@ -116,13 +116,13 @@ class Partials:
         self.info, self.rows, self.cols, self.parts = info, rows, cols, parts
         self.dim_names = params.dim_names  # filled by the template's ``params.dims`` call
         self.sums: list[ColumnSum] = []
+        self._before_loop: dict = {}  # the emitter's values outside the row loop (open_rows)
         for n in nodes:
             low = LOWERING[n.op]
             if not isinstance(low, Reduction) or n.attr_dict.get("_correction"):
                 raise CodegenError(f"%{n.result} = {n.op} is not a column reduction")
             part = f"{n.result}.partials"
-            acc_dt = DType.F32 if n.type.dtype.is_float else DType.I64
-            param = params.tensor(part, TensorType(acc_dt, (1, 1)))
+            param = params.tensor(part, TensorType(acc_dtype(n), (1, 1)))
             self.sums.append(ColumnSum(n, n.operands[0], low.combine, part, param,
                                        namer.fresh(f"acc_{n.result}")))  # fmt: skip
 
@@ -143,10 +143,28 @@ class Partials:
             for s in self.sums
         )
 
-    def init(self, w: Writer) -> None:
-        """Per-program accumulators over the program's columns (``[BLOCK_N]``)."""
+    def open_rows(self, em: TileEmitter, first: str, rows_py: str, i64: bool) -> None:
+        """Before a looping kernel's body: load the column-only inputs once, start the
+        per-program accumulators over the program's columns (``[BLOCK_N]``) and open the loop
+        over its row blocks (``row_loop``). ``close_rows`` ends it."""
+        preload_columns(em)
         for s in self.sums:
-            w(f"{s.acc} = tl.full((BLOCK_N,), {s.ident}, {_reg(s.acc_dtype)})")
+            em.w(f"{s.acc} = tl.full((BLOCK_N,), {s.ident}, {_reg(s.acc_dtype)})")
+        row_loop(em.w, first, rows_py, i64)
+        self._before_loop = dict(em.vals)
+
+    def close_rows(self, em: TileEmitter, prow: str, rmask: str | None, cmask: str | None) -> None:
+        """After the body: fold the row block into the accumulators, close the loop (values
+        computed inside it go out of scope) and store the accumulators as partial row
+        ``prow``."""
+        self.accumulate(em, rmask)
+        em.w.indent -= 1
+        em.vals = self._before_loop
+        self.store_rows(em.w, prow, "cols", cmask)
+
+    def then(self, main: Emitted, info: RegionInfo) -> Emitted:
+        """``main`` followed by the finishing kernel, when the kernel has column reductions."""
+        return replace(main, then=finish_kernel(info, self)) if self.sums else main
 
     def _masked(self, em: TileEmitter, s: ColumnSum, rmask: str | None) -> str:
         expr = em.broadcast(em.value(s.operand), FULL)
@@ -159,8 +177,8 @@ class Partials:
         identity)."""
         for s in self.sums:
             em.w.comment_loc(s.node.loc)
-            red = f"{_FN[s.combine]}({self._masked(em, s, rmask)}, 0)"
-            em.w(f"{s.acc} = " + _COMBINE[s.combine].format(a=s.acc, b=red))
+            red = f"{REDUCE_FN[s.combine]}({self._masked(em, s, rmask)}, 0)"
+            em.w(f"{s.acc} = " + combine_expr(s.combine, s.acc, red))
 
     def store_rows(self, w: Writer, prow: str, cols: str, cmask: str | None) -> None:
         """Store each accumulator as partial row ``prow`` (columns ``cols``)."""
@@ -180,19 +198,15 @@ class Partials:
         for s in self.sums:
             em.w.comment_loc(s.node.loc)
             tile = f"tl.reshape({self._masked(em, s, rmask)}, (BLOCK_M // {ROW_UNIT}, {ROW_UNIT}, BLOCK_N))"
-            w(f"{s.acc} = {_FN[s.combine]}({tile}, 1)")
+            w(f"{s.acc} = {REDUCE_FN[s.combine]}({tile}, 1)")
             w(f"tl.store({s.param} + prow[:, None] * {stride} + rn[None, :], {s.acc}, mask={mask})")
 
 
-def preload_columns(em: TileEmitter, names: set[str]) -> None:
+def preload_columns(em: TileEmitter) -> None:
     """Load the inputs that vary along columns only (``[C]`` weights) before a row loop, so
     each program reads them once rather than once per row block."""
     for name, view in em.views.items():
-        if (
-            name in names
-            and name not in em.vals
-            and em.space.cls_of(view.shape) == Cls(False, True)
-        ):
+        if name not in em.vals and em.space.cls_of(view.shape) == Cls(False, True):
             em.load(name)
 
 
@@ -247,11 +261,11 @@ def finish_kernel(info: RegionInfo, partials: Partials) -> Emitted:
         load = (
             f"tl.load({src} + prow[:, None] * {c_py} + cols[None, :], mask=pmask, other={s.ident})"
         )
-        w(f"{s.acc} = " + _COMBINE[s.combine].format(a=s.acc, b=load))
+        w(f"{s.acc} = " + combine_expr(s.combine, s.acc, load))
     w.indent -= 1
     mask = "" if even else ", mask=cmask"
     for s, _, out in pairs:
-        red = f"{_FN[s.combine]}({s.acc}, 0)"
+        red = f"{REDUCE_FN[s.combine]}({s.acc}, 0)"
         if s.node.op is Op.REDUCE_MEAN:
             red = f"({red} / {dim_py(partials.rows, params.dim_names)})"
         w(f"tl.store({out.param} + cols, {red}.to({STORE_DTYPE[out.dtype]}){mask})")

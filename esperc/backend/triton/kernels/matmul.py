@@ -16,12 +16,11 @@ fp32 operands use ``input_precision="ieee"`` (full fp32 products, matching PyTor
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import replace
 
 from esperc.backend.triton.common import STORE_DTYPE, CodegenError, Namer, Writer, dim_py, prod
 from esperc.backend.triton.configs import Config, default_matmul, require_blocks
 from esperc.backend.triton.kernels.assemble import Emitted, finish, outputs
-from esperc.backend.triton.kernels.colsum import Partials, column_nodes, finish_kernel, slice_parts
+from esperc.backend.triton.kernels.colsum import Partials, column_nodes, slice_parts
 from esperc.backend.triton.kernels.pointwise import store_guard
 from esperc.backend.triton.lowering import LOWERING, Elementwise, Operand, literal
 from esperc.backend.triton.regions import Params, RegionInfo, input_views, needs_i64
@@ -214,7 +213,7 @@ def generate(info: RegionInfo, config: Config | None, sources: Mapping[str, str]
            f" + {len(epilogue)} epilogue ops.")  # fmt: skip
     main = finish(info, params, outs, extra, w, list(_BLOCKS), cvals, cfg, grid, requires, doc,
                   scratch=partials.allocs())  # fmt: skip
-    return replace(main, then=finish_kernel(info, partials)) if partials else main
+    return partials.then(main, info)
 
 
 def _int(d: Dim, default: int) -> int:

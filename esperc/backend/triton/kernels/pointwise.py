@@ -16,7 +16,6 @@ A ``select`` on a runtime bool (an ``if`` in the blueprint) loads the flag once 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
 
 from esperc.backend.triton.common import Namer, Writer, prod
 from esperc.backend.triton.configs import Config, default_pointwise, row_blocks
@@ -24,10 +23,7 @@ from esperc.backend.triton.kernels.assemble import Emitted, finish, outputs
 from esperc.backend.triton.kernels.colsum import (
     Partials,
     column_nodes,
-    finish_kernel,
     looping_parts,
-    preload_columns,
-    row_loop,
 )
 from esperc.backend.triton.regions import (
     Params,
@@ -175,9 +171,7 @@ def generate(info: RegionInfo, config: Config | None, sources: Mapping[str, str]
         if partials:  # the columns first, then this program's row blocks in a loop
             if space.cmask:
                 w(f"cmask = cols < {space.py(cols_n)}")
-            preload_columns(em, set(views))
-            partials.init(w)
-            row_loop(w, "pid_m", space.py(rows_n), i64)
+            partials.open_rows(em, "pid_m", space.py(rows_n), i64)
         if space.rmask:
             w(f"rmask = rows < {space.py(rows_n)}")
         if space.cmask and not partials:
@@ -185,7 +179,6 @@ def generate(info: RegionInfo, config: Config | None, sources: Mapping[str, str]
         if space.rmask and space.cmask:
             w("mask = rmask[:, None] & cmask[None, :]")
             space.full_mask = "mask"
-    saved = dict(em.vals)
     em.emit_all(nodes, set(outs) | partials.operands)
     for name, view in outs.items():
         em.store(name, view, store_guard(space, view, grid_cols=True))
@@ -196,12 +189,9 @@ def generate(info: RegionInfo, config: Config | None, sources: Mapping[str, str]
     else:
         grid = ((("cdiv", str(rows_n), "BLOCK_M"),), (("cdiv", str(cols_n), "BLOCK_N"),))
     if partials:
-        partials.accumulate(em, space.rmask)
-        w.indent -= 1
-        em.vals = saved
-        partials.store_rows(w, "pid_m", "cols", space.cmask)
+        partials.close_rows(em, "pid_m", space.rmask, space.cmask)
         grid = (((("dim", partials.parts),)), grid[1])
     main = finish(info, params, outs, extra, w, constexprs, cvals, cfg, grid, requires,
                   f"Pointwise region @{info.region.name} over {list(map(str, domain))}.",
                   scratch=partials.allocs())  # fmt: skip
-    return replace(main, then=finish_kernel(info, partials)) if partials else main
+    return partials.then(main, info)

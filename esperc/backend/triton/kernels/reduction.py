@@ -17,7 +17,6 @@ values (``[R, 1]``, loaded as ``[BLOCK_M, 1]``). Accumulation is fp32.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import replace
 
 from esperc.backend.triton.common import (
     REG_DTYPE,
@@ -33,21 +32,22 @@ from esperc.backend.triton.kernels.assemble import Emitted, finish, outputs
 from esperc.backend.triton.kernels.colsum import (
     Partials,
     column_nodes,
-    finish_kernel,
     looping_parts,
-    preload_columns,
-    row_loop,
 )
 from esperc.backend.triton.kernels.pointwise import store_guard
-from esperc.backend.triton.lowering import LOWERING, Reduction, expand_composites
+from esperc.backend.triton.lowering import (
+    LOWERING,
+    REDUCE_FN,
+    Reduction,
+    combine_expr,
+    expand_composites,
+    identity_text,
+)
 from esperc.backend.triton.regions import Params, RegionInfo, input_views, needs_i64
 from esperc.backend.triton.tiles import SCALAR, Cls, TileEmitter, TileSpace, TVal, View
 from esperc.ir.graph import Node
 from esperc.ir.ops import Op
-from esperc.ir.types import Dim, DType, TensorType, normalize_axis
-
-_FN = {"sum": "tl.sum", "max": "tl.max", "min": "tl.min"}
-_COMBINE = {"sum": "{acc} + {v}", "max": "tl.maximum({acc}, {v})", "min": "tl.minimum({acc}, {v})"}
+from esperc.ir.types import Dim, TensorType, normalize_axis
 
 
 def _domain(nodes: list[Node], types: Mapping[str, TensorType]) -> tuple[tuple, tuple]:
@@ -110,7 +110,7 @@ class _Reducer:
         low = LOWERING[node.op]
         assert isinstance(low, Reduction)
         if self.em.space.cmask:
-            ident = _identity(low, node.type.dtype)
+            ident = identity_text(low.combine, node.type.dtype)
             expr = f"tl.where({self.em.space.cmask}[None, :], {expr}, {ident})"
         return expr
 
@@ -131,7 +131,7 @@ class _Reducer:
         self.em.w.comment_loc(node.loc)
         low = LOWERING[node.op]
         assert isinstance(low, Reduction)
-        return self.finish(node, f"{_FN[low.combine]}({self.operand(node)}, 1)")
+        return self.finish(node, f"{REDUCE_FN[low.combine]}({self.operand(node)}, 1)")
 
 
 def generate(info: RegionInfo, config: Config | None, sources: Mapping[str, str]) -> Emitted:
@@ -185,22 +185,16 @@ def generate(info: RegionInfo, config: Config | None, sources: Mapping[str, str]
     w("pid = tl.program_id(0)")
     if partials:  # the program's row blocks in a loop; the columns first (one tile per row)
         _cols_lines(w, space, n, "", full=False)
-        preload_columns(em, set(views))
-        partials.init(w)
-        row_loop(w, "pid", space.py(rows_n), i64)
+        partials.open_rows(em, "pid", space.py(rows_n), i64)
     else:
         w(f"rows = pid{'.to(tl.int64)' if i64 else ''} * BLOCK_M + tl.arange(0, BLOCK_M)")
     if space.rmask:
         w(f"rmask = rows < {space.py(rows_n)}")
     reducer = _Reducer(em, space.py(n))
     if not looped:
-        saved = dict(em.vals)
         _single_pass(em, reducer, nodes, outs, w, space, n, cols=not partials)
         if partials:
-            partials.accumulate(em, space.rmask)
-            w.indent -= 1
-            em.vals = saved
-            partials.store_rows(w, "pid", "cols", space.cmask)
+            partials.close_rows(em, "pid", space.rmask, space.cmask)
     else:
         _looped(em, reducer, nodes, outs, w, space, n, _classes(nodes, space, views, types))
     grid: tuple = ((("cdiv", str(rows_n), "BLOCK_M"),),)
@@ -211,17 +205,7 @@ def generate(info: RegionInfo, config: Config | None, sources: Mapping[str, str]
     doc = f"Row reduction @{info.region.name}: rows={rows_n}, N={n} ({form})."
     main = finish(info, params, outs, extra, w, ["BLOCK_M", "BLOCK_N"], cvals, cfg, grid,
                   requires, doc, scratch=partials.allocs())  # fmt: skip
-    return replace(main, then=finish_kernel(info, partials)) if partials else main
-
-
-def _identity(low: Reduction, dtype: DType) -> str:
-    """The masked-out value of a reduction: 0, -inf/+inf (integers: their type's extremes)."""
-    if low.combine == "sum":
-        return "0.0" if dtype.is_float else "0"
-    if dtype.is_float:
-        return 'float("-inf")' if low.combine == "max" else 'float("inf")'
-    bits = 63 if dtype is DType.I64 else 31
-    return str(-(2**bits)) if low.combine == "max" else str(2**bits - 1)
+    return partials.then(main, info)
 
 
 def _cols_lines(w: Writer, space: TileSpace, n: Dim, start: str, full: bool = True,
@@ -282,7 +266,7 @@ def _looped(em: TileEmitter, reducer: _Reducer, nodes: list[Node], outs: Mapping
             acc = em.namer.fresh(f"acc_{r.result}")
             accs[r.result] = acc
             dt = REG_DTYPE[r.type.dtype] if not r.type.dtype.is_float else "tl.float32"
-            init = _identity(low, r.type.dtype)
+            init = identity_text(low.combine, r.type.dtype)
             w(f"{acc} = tl.full((BLOCK_M, BLOCK_N), {init}, {dt})")
         w.comment_loc(group[0].loc)
         w(f"for off in range(0, {space.py(n)}, BLOCK_N):")
@@ -294,11 +278,11 @@ def _looped(em: TileEmitter, reducer: _Reducer, nodes: list[Node], outs: Mapping
                 low = LOWERING[r.op]
                 assert isinstance(low, Reduction)
                 v = reducer.operand(r)
-                w(f"{accs[r.result]} = " + _COMBINE[low.combine].format(acc=accs[r.result], v=v))
+                w(f"{accs[r.result]} = " + combine_expr(low.combine, accs[r.result], v))
         for r in group:
             low = LOWERING[r.op]
             assert isinstance(low, Reduction)
-            reducer.finish(r, f"{_FN[low.combine]}({accs[r.result]}, 1)")
+            reducer.finish(r, f"{REDUCE_FN[low.combine]}({accs[r.result]}, 1)")
             done.add(r.result)
     emit_rows(max(stage.values()))
     full = [name for name in outs if cls.get(name, SCALAR).col]
